@@ -5,12 +5,12 @@ according to a per-layer plan, measure it, save it and load it back.
 """
 
 from autoprune.arch import Architecture, UnsupportedModelError, describe
-from autoprune.export import load_pruned, save_pruned
 from autoprune.importance import importance
 from autoprune.measure import Size, latency, measure
 from autoprune.models import ModelNotFoundError, load_model
 from autoprune.prune import PruneConfig, PruneConfigError, prune
 from autoprune.scores import Scores
+from autoprune.serialize import load_pruned, save_pruned
 
 __all__ = [
     "Architecture",

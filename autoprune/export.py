@@ -1,92 +1,161 @@
-"""Saving and loading pruned models.
+"""Export a trial of a run: its configuration, its pruned and retrained model, a model card.
 
-A pruned model directory is what ``save_pretrained`` would write (``config.json``,
-``model.safetensors``, the tokenizer's files) with the per-layer shapes recorded in the
-config under ``"autoprune"``. :func:`load_pruned` rebuilds the model class from the config,
-gives each layer its recorded shapes and loads the weights strictly, so the reloaded model
-computes exactly what the saved one did.
+How the exported model's metric is guaranteed to match the trial's record: the search keeps
+the retrained weights of every trial on the front (``RUN/checkpoints/``), and export loads
+exactly those weights and measures them again on both splits. A trial whose checkpoint was
+not kept (one off the front, chosen with ``--trial``) is re-run from its configuration with
+the study's seeded recipe; export then prints both numbers, which agree on the machine and
+thread count the trial ran with and may differ slightly elsewhere.
 """
 
 from __future__ import annotations
 
-import copy
 import json
+import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
-import transformers
-from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+import pandas as pd
 
-from autoprune.arch import describe, family_of
-from autoprune.sparsity import bake
+from autoprune.measure import measure
+from autoprune.prune import PruneConfig
+from autoprune.results import Run, load_run
+from autoprune.rundir import BASELINE, SEARCH, RunDir
+from autoprune.serialize import load_pruned, save_pruned
+from autoprune.study import open_run
+from autoprune.train import evaluate
+from autoprune.trial import run_trial
 
-CONFIG_KEY = "autoprune"
-WEIGHTS_FILE = "model.safetensors"
-
-
-def is_pruned_dir(directory: str | Path) -> bool:
-    """Whether ``directory`` holds a model written by :func:`save_pruned`."""
-    config = Path(directory) / "config.json"
-    return config.is_file() and CONFIG_KEY in json.loads(config.read_text())
+log = logging.getLogger("autoprune")
 
 
-def save_pruned(
-    model: PreTrainedModel,
-    directory: str | Path,
-    tokenizer: PreTrainedTokenizerBase | None = None,
-) -> Path:
-    """Write ``model`` (pruned or not) and its shapes to ``directory``; ``model`` is untouched.
+@dataclass
+class Exported:
+    """What export wrote and measured."""
 
-    Masked weights are written as plain weights holding their zeros.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    baked = cast(PreTrainedModel, bake(copy.deepcopy(model)))
-    arch = describe(baked)
-    config = copy.deepcopy(baked.config)
-    config.architectures = [type(baked).__name__]
-    setattr(
-        config,
-        CONFIG_KEY,
-        {"family": arch.family, "heads": list(arch.heads), "ffn": list(arch.ffn)},
-    )
-    config.save_pretrained(directory)
-    state = {k: v.detach().contiguous().cpu() for k, v in baked.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
-    if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
-    return directory
+    directory: Path
+    trial: int
+    recorded: dict[str, float]
+    measured: dict[str, float]
+    from_checkpoint: bool
 
 
-def load_pruned(
-    directory: str | Path,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase | None]:
-    """Rebuild a model written by :func:`save_pruned`: ``(model, tokenizer or None)``, eval mode."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise FileNotFoundError(f"pruned model directory not found: {directory}")
-    config_file = directory / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{directory} has no config.json: not a saved model directory")
-    if not is_pruned_dir(directory):
+def choose_trial(
+    run: Run,
+    trial: int | None = None,
+    max_size: float | None = None,
+    min_metric: float | None = None,
+    kind: str = "search",
+) -> pd.Series:
+    """The trial to export: by number, the best front point within ``max_size``, or the
+    smallest front point reaching ``min_metric``; both chosen on the search split."""
+    if sum(x is not None for x in (trial, max_size, min_metric)) != 1:
+        raise ValueError("give exactly one of --trial, --max-size, --min-metric")
+    if trial is not None:
+        rows = run.complete(kind)
+        match = rows[rows["trial"] == trial]
+        if match.empty:
+            raise ValueError(
+                f"{run.path}: no complete {kind} trial {trial}; complete trials: "
+                f"{sorted(rows['trial'].tolist())}"
+            )
+        return match.iloc[0]
+    front = run.front(kind)
+    if front.empty:
+        raise ValueError(f"{run.path}: no complete {kind} trial to export yet")
+    if max_size is not None:
+        best = run.best_under(max_size, kind)
+        if best is None:
+            raise ValueError(
+                f"--max-size {max_size}: no front trial is that small; the smallest has size "
+                f"{front['size'].min():.3f} ({run.size_unit})"
+            )
+        return best
+    reaching = front[front["metric_search"] >= min_metric]
+    if reaching.empty:
         raise ValueError(
-            f"{config_file} has no {CONFIG_KEY!r} key: not written by autoprune.save_pruned "
-            f"(load an unpruned model with autoprune.load_model)"
+            f"--min-metric {min_metric}: no front trial reaches it on the search split; the "
+            f"best reaches {front['metric_search'].max():.4f} ({run.metric})"
         )
-    weights_file = directory / WEIGHTS_FILE
-    if not weights_file.is_file():
-        raise FileNotFoundError(f"{directory} has no {WEIGHTS_FILE}")
-    config = AutoConfig.from_pretrained(directory)
-    shapes = getattr(config, CONFIG_KEY)
-    class_name = (config.architectures or [""])[0]
-    model_class = getattr(transformers, class_name, None)
-    if model_class is None:
-        raise ValueError(f"{config_file}: unknown model class {class_name!r} in 'architectures'")
-    model = model_class(config)
-    family_of(model).reshape(model, shapes["heads"], shapes["ffn"])
-    model.load_state_dict(load_file(str(weights_file)), strict=True)
-    model.eval()
-    has_tokenizer = (directory / "tokenizer_config.json").is_file()
-    tokenizer = AutoTokenizer.from_pretrained(directory) if has_tokenizer else None
-    return model, tokenizer
+    return reaching.sort_values("size").iloc[0]
+
+
+def _model_card(run: Run, row: pd.Series, measured: dict[str, float], size: dict) -> str:
+    metric = run.metric
+    return "\n".join(
+        [
+            f"# {run.spec.name}: trial {row['trial']} pruned with autoprune",
+            "",
+            f"Pruned from `{run.spec.model.source}`; load with `autoprune.load_pruned(DIR)`.",
+            "",
+            "| | pruned | dense |",
+            "|---|---|---|",
+            f"| {metric}, test split (held out from the search) | {measured['metric_test']:.4f} "
+            f"| {run.dense.metric_test:.4f} |",
+            f"| {metric}, search split | {measured['metric_search']:.4f} "
+            f"| {run.dense.metric_search:.4f} |",
+            f"| parameters | {size['params']:,} | {run.dense.size.params:,} |",
+            f"| prunable parameters | {size['prunable']:,} | {run.dense.size.prunable:,} |",
+            f"| non-zero prunable parameters | {size['nonzero']:,} | {run.dense.size.nonzero:,} |",
+            f"| MACs per sequence of {size['seq_len']} tokens | {size['macs']:,} "
+            f"| {run.dense.size.macs:,} |",
+            "",
+            f"Heads per layer: {row['heads']}; feed-forward neurons per layer: {row['ffn']}; "
+            f"sparsity per layer: {row['sparsity']}.",
+            f"Retrained for {row['retrain_steps']} steps with distillation from the dense model.",
+            "",
+        ]
+    )
+
+
+def export(
+    run_dir: str | Path,
+    out: str | Path,
+    trial: int | None = None,
+    max_size: float | None = None,
+    min_metric: float | None = None,
+    kind: str = "search",
+) -> Exported:
+    """Write ``prune_config.json``, the pruned model and ``README.md`` for a chosen trial.
+
+    The model is measured again on both splits; recorded and measured metrics are returned
+    (and logged) side by side.
+    """
+    run = load_run(run_dir)
+    row = choose_trial(run, trial, max_size, min_metric, kind)
+    number = int(row["trial"])
+    config = PruneConfig(list(row["heads"]), list(row["ffn"]), list(row["sparsity"]))
+    session = open_run(run.path)
+    checkpoint = RunDir(run.path).checkpoint(SEARCH if kind == "search" else BASELINE, number)
+    if checkpoint.is_dir():
+        model, _ = load_pruned(checkpoint)
+    else:
+        log.info("trial %d kept no checkpoint (not on the front): re-running it", number)
+        _, model = run_trial(session.prepared, config, session.settings)
+    task = session.prepared.task
+    measured = {
+        "metric_search": evaluate(model, task.search, task.metric),
+        "metric_test": evaluate(model, task.test, task.metric),
+    }
+    recorded = {
+        "metric_search": float(row["metric_search"]),
+        "metric_test": float(row["metric_test"]),
+    }
+    out = Path(out)
+    save_pruned(model, out, session.prepared.tokenizer)
+    config.save(out / "prune_config.json")
+    size = measure(model, run.spec.max_length).to_dict()
+    (out / "README.md").write_text(_model_card(run, row, measured, size))
+    (out / "metrics.json").write_text(
+        json.dumps(
+            {
+                "trial": number,
+                "recorded": recorded,
+                "measured": measured,
+                "size": size,
+                "dense": run.dense.to_dict(),
+            },
+            indent=2,
+        )
+    )
+    return Exported(out, number, recorded, measured, checkpoint.is_dir())

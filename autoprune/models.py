@@ -62,7 +62,7 @@ def load_model(
     location = resolve_source(str(source))
     path = Path(location).expanduser()
     if path.is_dir():
-        from autoprune.export import is_pruned_dir, load_pruned
+        from autoprune.serialize import is_pruned_dir, load_pruned
 
         if is_pruned_dir(path):
             model, tokenizer = load_pruned(path)

@@ -8,11 +8,31 @@ through retraining, with any optimizer. :func:`bake` turns masked layers back in
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import skip_init
+
+
+def empty_linear(
+    layer_class: type[nn.Linear], like: nn.Linear, in_features: int, out_features: int
+) -> nn.Linear:
+    """An uninitialized ``layer_class`` on ``like``'s device and dtype (every tensor is to be
+    copied in). Zero-width layers, which pruning makes, are allowed without a warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
+        return skip_init(
+            layer_class,
+            in_features,
+            out_features,
+            bias=like.bias is not None,
+            device=like.weight.device,
+            dtype=like.weight.dtype,
+        )
 
 
 class MaskedLinear(nn.Linear):
@@ -20,8 +40,15 @@ class MaskedLinear(nn.Linear):
 
     mask: torch.Tensor
 
-    def __init__(self, in_features: int, out_features: int, **kwargs: object) -> None:
-        super().__init__(in_features, out_features, **kwargs)  # type: ignore[arg-type]
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.register_buffer("mask", torch.ones_like(self.weight))
 
     @classmethod
@@ -32,12 +59,8 @@ class MaskedLinear(nn.Linear):
         """
         if isinstance(linear, MaskedLinear):
             mask = mask.to(linear.mask.device) * linear.mask
-        masked = cls(
-            linear.in_features,
-            linear.out_features,
-            bias=linear.bias is not None,
-            device=linear.weight.device,
-            dtype=linear.weight.dtype,
+        masked = cast(
+            MaskedLinear, empty_linear(cls, linear, linear.in_features, linear.out_features)
         )
         with torch.no_grad():
             masked.mask.copy_(mask)
@@ -92,13 +115,7 @@ def bake(model: nn.Module) -> nn.Module:
     for name, module in list(model.named_modules()):
         if not isinstance(module, MaskedLinear):
             continue
-        plain = nn.Linear(
-            module.in_features,
-            module.out_features,
-            bias=module.bias is not None,
-            device=module.weight.device,
-            dtype=module.weight.dtype,
-        )
+        plain = empty_linear(nn.Linear, module, module.in_features, module.out_features)
         with torch.no_grad():
             plain.weight.copy_(effective_weight(module))
             if module.bias is not None:

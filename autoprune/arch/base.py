@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from autoprune.sparsity import MaskedLinear
+from autoprune.sparsity import MaskedLinear, empty_linear
 
 
 @dataclass(frozen=True)
@@ -102,9 +102,7 @@ def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
         bias = bias.index_select(0, index)
     out_features, in_features = weight.shape
     layer_class = MaskedLinear if isinstance(linear, MaskedLinear) else nn.Linear
-    new = layer_class(
-        in_features, out_features, bias=bias is not None, device=weight.device, dtype=weight.dtype
-    )
+    new = empty_linear(layer_class, linear, in_features, out_features)
     if isinstance(linear, MaskedLinear) and isinstance(new, MaskedLinear):
         new.mask.copy_(linear.mask.index_select(dim, index))
     with torch.no_grad():

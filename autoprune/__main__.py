@@ -1,0 +1,7 @@
+"""``python -m autoprune`` runs the ``autoprune`` command."""
+
+import sys
+
+from autoprune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,171 @@
+"""The ``autoprune`` command: search, baseline, pareto, plot, export."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from autoprune.controllers import CONTROLLERS
+
+log = logging.getLogger("autoprune")
+
+
+def _ratios(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ratios, got {text!r}") from None
+    if not values or any(not 0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"ratios must be in [0, 1], got {text!r}")
+    return values
+
+
+def _search(args: argparse.Namespace) -> None:
+    from autoprune.results import load_run, render
+    from autoprune.study import run_search
+
+    overrides: dict[str, Any] = {}
+    for key, value in (
+        ("budget.trials", args.trials),
+        ("budget.wall_time", args.wall_time),
+        ("controller.name", args.controller),
+        ("controller.seed", args.seed),
+        ("backend.name", args.backend),
+        ("backend.address", args.address),
+        ("storage", args.storage),
+    ):
+        if value is not None:
+            overrides[key] = value
+    session = run_search(args.study, args.out, overrides)
+    print(render(load_run(session.run.path)))
+
+
+def _baseline(args: argparse.Namespace) -> None:
+    from autoprune.results import load_run, render
+    from autoprune.rundir import RunDir, RunLock
+    from autoprune.study import (
+        layer_uniform_configs,
+        open_run,
+        run_baseline_configs,
+        uniform_configs,
+    )
+
+    with RunLock(RunDir(Path(args.run))):
+        session = open_run(args.run)
+        configs = uniform_configs(session, args.ratios)
+        if args.heads_ratios or args.ffn_ratios:
+            if not (args.heads_ratios and args.ffn_ratios):
+                raise ValueError("--heads-ratios and --ffn-ratios go together")
+            configs += layer_uniform_configs(session, args.heads_ratios, args.ffn_ratios)
+        run_baseline_configs(session, configs)
+    print(render(load_run(args.run), kind="uniform"))
+
+
+def _pareto(args: argparse.Namespace) -> None:
+    from autoprune.results import load_run, render
+
+    print(render(load_run(args.run), args.format, args.kind))
+
+
+def _plot(args: argparse.Namespace) -> None:
+    from autoprune.plots import plot
+    from autoprune.results import load_run
+
+    png, html = plot(load_run(args.run), Path(args.out_dir) if args.out_dir else None)
+    print(f"wrote {png} and {html}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from autoprune.export import export
+
+    result = export(args.run, args.out, args.trial, args.max_size, args.min_metric)
+    source = "its kept checkpoint" if result.from_checkpoint else "a re-run of its configuration"
+    print(f"exported trial {result.trial} from {source} to {result.directory}")
+    for split in ("search", "test"):
+        key = f"metric_{split}"
+        print(
+            f"  {split:6s} recorded {result.recorded[key]:.4f}  measured now "
+            f"{result.measured[key]:.4f}"
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="autoprune", description="Search for the best way to prune a transformer."
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    search = commands.add_parser("search", help="run or resume a search")
+    search.add_argument("study", help="study YAML file, or a run directory to resume")
+    search.add_argument("--out", help="run directory (default: runs/<study name>)")
+    search.add_argument("--trials", type=int, help="trial budget (overrides budget.trials)")
+    search.add_argument("--wall-time", type=float, help="seconds (overrides budget.wall_time)")
+    search.add_argument("--controller", choices=CONTROLLERS)
+    search.add_argument("--seed", type=int, help="controller seed")
+    search.add_argument("--backend", choices=["local", "ray"])
+    search.add_argument("--address", help="Ray cluster address (with --backend ray)")
+    search.add_argument("--storage", help="Optuna storage URL (default: SQLite in the run)")
+    search.set_defaults(handler=_search)
+
+    baseline = commands.add_parser("baseline", help="train uniform baselines into a run")
+    baseline.add_argument("run")
+    baseline.add_argument(
+        "--ratios",
+        type=_ratios,
+        default=[0.25, 0.5, 0.75],
+        help="uniform keep ratios for heads and ffn (default 0.25,0.5,0.75)",
+    )
+    baseline.add_argument(
+        "--heads-ratios", type=_ratios, help="layer-uniform grid: head keep ratios"
+    )
+    baseline.add_argument(
+        "--ffn-ratios", type=_ratios, help="layer-uniform grid: feed-forward keep ratios"
+    )
+    baseline.set_defaults(handler=_baseline)
+
+    pareto = commands.add_parser("pareto", help="print the Pareto front of a run")
+    pareto.add_argument("run")
+    pareto.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    pareto.add_argument("--kind", choices=["search", "uniform", "layer-uniform"], default="search")
+    pareto.set_defaults(handler=_pareto)
+
+    plot = commands.add_parser("plot", help="write pareto.png and pareto.html")
+    plot.add_argument("run")
+    plot.add_argument("--out-dir", help="folder for the plots (default: the run)")
+    plot.set_defaults(handler=_plot)
+
+    export = commands.add_parser("export", help="export a trial's config and pruned model")
+    export.add_argument("run")
+    choice = export.add_mutually_exclusive_group(required=True)
+    choice.add_argument("--trial", type=int, help="trial number")
+    choice.add_argument("--max-size", type=float, help="best front point at most this size")
+    choice.add_argument("--min-metric", type=float, help="smallest front point reaching this")
+    export.add_argument("--out", required=True, help="directory to write")
+    export.set_defaults(handler=_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    logging.getLogger("autoprune").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from autoprune.spec import StudyError
+
+    try:
+        args.handler(args)
+    except (StudyError, ValueError, FileNotFoundError) as error:
+        print(f"autoprune: error: {error}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,256 @@
+"""A search, end to end: open the run, prepare once, run trials on a backend, record them.
+
+:func:`run_search` is what ``autoprune search`` calls. Running it again on the same run
+directory resumes: finished trials are kept, prepared work is read back, the count goes on
+to the budget. :func:`run_baseline` trains uniform configurations into the same run.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from autoprune.arch import describe
+from autoprune.controllers import make_sampler
+from autoprune.metrics import chance_level
+from autoprune.prepare import Prepared, pick_device, prepare
+from autoprune.prune import PruneConfig
+from autoprune.records import (
+    KIND,
+    STATUS,
+    Kind,
+    count_spent,
+    front_trials,
+    recover_interrupted,
+    tell_complete,
+    tell_not_complete,
+)
+from autoprune.rundir import BASELINE, SEARCH, RunDir, RunLock, log_to_run, open_storage, open_study
+from autoprune.serialize import save_pruned
+from autoprune.space import SearchSpace, load_space
+from autoprune.spec import StudyError, StudySpec, load_study, save_study
+from autoprune.trial import OutsideSizeBand, TrialOutcome, TrialSettings, run_trial, size_check
+
+log = logging.getLogger("autoprune")
+
+
+@dataclass
+class Session:
+    """An open run: its study, prepared work, search space and Optuna studies."""
+
+    spec: StudySpec
+    run: RunDir
+    prepared: Prepared
+    space: SearchSpace
+    settings: TrialSettings
+    search: optuna.Study
+    baseline: optuna.Study
+    started: float = field(default_factory=time.perf_counter)
+
+    def keep_front_checkpoint(self, study: optuna.Study, number: int, model: Any) -> None:
+        """Keep the retrained model of trial ``number`` if it is on ``study``'s front, and
+        delete the checkpoints of trials the front no longer holds.
+
+        Export then loads exactly the weights whose metric the trial recorded.
+        """
+        which = SEARCH if study is self.search else BASELINE
+        front = {t.number for t in front_trials(study)}
+        if number in front:
+            save_pruned(model, self.run.checkpoint(which, number), self.prepared.tokenizer)
+        for path in self.run.checkpoints.glob(f"{which}_*"):
+            if int(path.name.rsplit("_", 1)[1]) not in front:
+                shutil.rmtree(path, ignore_errors=True)
+
+    def report(self, study: optuna.Study, outcome: TrialOutcome, number: int) -> None:
+        """A progress line: trials done, this trial's numbers, the front so far, the rate."""
+        done = count_spent(study)
+        budget = self.spec.budget.trials
+        elapsed = time.perf_counter() - self.started
+        front = sorted(front_trials(study), key=lambda t: t.values[1])
+        front_text = ", ".join(f"{t.values[1]:.2f}:{t.values[0]:.3f}" for t in front[:8])
+        log.info(
+            "%s trial %d (%d%s done): %s %.4f search / %.4f test at size %.3f, %.0f s | "
+            "front (size:metric) %s | %.0f s elapsed",
+            study.study_name.rsplit(".", 1)[-1],
+            number,
+            done,
+            f"/{budget}" if budget and study is self.search else "",
+            self.prepared.task.metric,
+            outcome.metric_search,
+            outcome.metric_test,
+            outcome.values(self.settings.size_unit)[1],
+            outcome.seconds["total"],
+            front_text,
+            elapsed,
+        )
+
+
+def _check_band_is_reachable(session: Session) -> None:
+    """A clear error, before any training, when no configuration of the space fits the band."""
+    settings = session.settings
+    if settings.min_size is None and settings.max_size is None:
+        return
+    sizes = []
+    for config in session.space.extremes():
+        try:
+            _, ratios, _ = size_check(session.prepared, config, settings)
+            sizes.append(ratios[settings.size_unit])
+        except OutsideSizeBand as error:
+            sizes.append(error.ratio)
+    smallest, largest = min(sizes), max(sizes)
+    low = settings.min_size if settings.min_size is not None else 0.0
+    high = settings.max_size if settings.max_size is not None else 1.0
+    if largest < low or smallest > high:
+        raise StudyError(
+            f"objectives.min_size/max_size: no configuration fits the size band "
+            f"[{low:g}, {high:g}] ({settings.size_unit}): the search space "
+            f"{session.spec.search_space.name} spans sizes {smallest:.3f} to {largest:.3f}"
+        )
+
+
+def open_session(spec: StudySpec, run: RunDir) -> Session:
+    """Open (or create) the run: save the study, prepare, open both Optuna studies."""
+    run.path.mkdir(parents=True, exist_ok=True)
+    space_spec = load_space(spec.search_space)
+    if run.study_file.is_file():
+        previous = load_study(run.study_file)
+        if previous.name != spec.name:
+            raise StudyError(
+                f"{run.path} holds study {previous.name!r}, not {spec.name!r}; use another --out"
+            )
+    device = pick_device(spec.device)
+    prepared = prepare(spec, run.prepared, device)  # refuses a run prepared differently
+    save_study(spec, run.study_file)
+    shutil.copyfile(spec.search_space, run.space_file)
+    space = SearchSpace(space_spec, describe(prepared.model))
+    storage = open_storage(run.storage_url(spec))
+    budget = spec.budget.trials
+    sampler = make_sampler(spec.controller.name, spec.controller.seed, budget)
+    search = open_study(spec, storage, SEARCH, sampler)
+    baseline = open_study(spec, storage, BASELINE, None)
+    for study in (search, baseline):
+        study.set_user_attr("dense", prepared.dense.to_dict())
+        study.set_user_attr("metric", spec.data.metric)
+        study.set_user_attr("size_unit", spec.objectives.size)
+        study.set_user_attr("chance", chance_level(spec.data.metric, prepared.task.num_labels))
+    session = Session(
+        spec, run, prepared, space, TrialSettings.from_spec(spec, device), search, baseline
+    )
+    _check_band_is_reachable(session)
+    return session
+
+
+def evaluate_and_record(
+    session: Session,
+    study: optuna.Study,
+    trial: optuna.trial.Trial,
+    config: PruneConfig,
+    kind: Kind,
+) -> TrialOutcome | None:
+    """Run one trial in this process and record it; a failure is recorded, not raised."""
+    extra = {"config": config.to_dict()}
+    try:
+        outcome, model = run_trial(session.prepared, config, session.settings)
+    except OutsideSizeBand as error:
+        tell_not_complete(study, trial, "outside_band", str(error), kind, extra)
+        return None
+    except KeyboardInterrupt:
+        tell_not_complete(study, trial, "interrupted", "stopped by the user", kind, extra)
+        raise
+    except Exception as error:  # a failing trial is recorded and the search goes on
+        log.warning("trial %d failed: %s: %s", trial.number, type(error).__name__, error)
+        tell_not_complete(study, trial, "failed", f"{type(error).__name__}: {error}", kind, extra)
+        return None
+    tell_complete(study, trial, outcome, session.settings.size_unit, kind)
+    session.keep_front_checkpoint(study, trial.number, model)
+    session.report(study, outcome, trial.number)
+    return outcome
+
+
+def run_search(
+    study_file: str | Path,
+    out: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Session:
+    """Run (or resume) the search a study file describes; returns the open session.
+
+    ``study_file`` may also be a run directory, which resumes it with its saved study.
+    ``overrides`` set dotted keys of the study (``{"budget.trials": 40}``).
+    """
+    path = Path(study_file)
+    if path.is_dir():
+        run = RunDir(path)
+        spec = load_study(run.study_file, overrides)
+    else:
+        spec = load_study(path, overrides)
+        run = RunDir(Path(out) if out is not None else Path("runs") / spec.name)
+    with RunLock(run):
+        handler = log_to_run(run, "search")
+        try:
+            session = open_session(spec, run)
+            recover_interrupted(session.search)
+            if spec.backend.name == "ray":
+                from autoprune.backends.ray import run_trials
+            else:
+                from autoprune.backends.local import run_trials
+            run_trials(session)
+            if spec.baseline.ratios:
+                run_uniform_baseline(session, spec.baseline.ratios)
+        finally:
+            logging.getLogger("autoprune").removeHandler(handler)
+    return session
+
+
+def uniform_configs(session: Session, ratios: Sequence[float]) -> list[tuple[Kind, PruneConfig]]:
+    arch = describe(session.prepared.model)
+    return [("uniform", PruneConfig.uniform(arch, heads=r, ffn=r)) for r in ratios]
+
+
+def layer_uniform_configs(
+    session: Session, head_ratios: Sequence[float], ffn_ratios: Sequence[float]
+) -> list[tuple[Kind, PruneConfig]]:
+    arch = describe(session.prepared.model)
+    return [
+        ("layer-uniform", PruneConfig.uniform(arch, heads=h, ffn=f))
+        for h in head_ratios
+        for f in ffn_ratios
+    ]
+
+
+def run_baseline_configs(session: Session, configs: Sequence[tuple[Kind, PruneConfig]]) -> None:
+    """Train baseline configurations with the study's recipe into the run's baseline study.
+
+    A configuration already recorded (complete) is not trained again.
+    """
+    recover_interrupted(session.baseline)
+    done = [
+        (t.user_attrs.get(KIND), t.user_attrs.get("config"))
+        for t in session.baseline.get_trials(deepcopy=False)
+        if t.user_attrs.get(STATUS) in ("complete", "outside_band")
+    ]
+    todo = [(k, c) for k, c in configs if (k, c.to_dict()) not in done]
+    log.info(
+        "baseline: %d configuration(s) to train, %d already done",
+        len(todo),
+        len(configs) - len(todo),
+    )
+    for kind, config in todo:
+        trial = session.baseline.ask()
+        evaluate_and_record(session, session.baseline, trial, config, kind)
+
+
+def run_uniform_baseline(session: Session, ratios: Sequence[float]) -> None:
+    run_baseline_configs(session, uniform_configs(session, ratios))
+
+
+def open_run(run_dir: str | Path) -> Session:
+    """Reopen an existing run (for the baseline, export's re-runs)."""
+    run = RunDir(Path(run_dir))
+    return open_session(run.load_spec(), run)
