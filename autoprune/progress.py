@@ -23,7 +23,7 @@ def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterato
         yield from tqdm(items, desc=desc, total=total, leave=False)
         return
     start = time.perf_counter()
-    step = max(1, (total or 10) // 10)
+    step = max(1, (total or 100) // 10)  # every 10% of a known total, else every 10 items
     count = 0
     for count, item in enumerate(items, start=1):
         yield item

@@ -24,15 +24,20 @@ Kind = Literal["search", "uniform", "layer-uniform"]
 STATUS = "status"
 KIND = "kind"
 FAILURE = "failure"
+RUNGS = "rung_points"  # {step: [search metric, size]} as early stopping saw them
 # Statuses of trials that spent the budget: they ran (to the end, to a rung, or to an error).
 SPENT: tuple[Status, ...] = ("complete", "stopped", "failed")
 
 log = logging.getLogger("autoprune")
 
 
-def outcome_attrs(outcome: TrialOutcome, kind: Kind, status: Status = "complete") -> dict[str, Any]:
+def outcome_attrs(
+    outcome: TrialOutcome, size_unit: SizeUnit, kind: Kind, status: Status
+) -> dict[str, Any]:
     """The user attributes of a trial that ran to the end (or was stopped early)."""
-    return {**outcome.to_attrs(), KIND: kind, STATUS: status}
+    size = outcome.ratios[size_unit]
+    rungs = {step: [metric, size] for step, metric in outcome.rungs.items()}
+    return {**outcome.to_attrs(), RUNGS: rungs, KIND: kind, STATUS: status}
 
 
 def set_attrs(study: optuna.Study, trial_id: int, attrs: dict[str, Any]) -> None:
@@ -48,8 +53,35 @@ def tell_complete(
     kind: Kind,
 ) -> None:
     """Record a fully retrained trial; its values go to the controller."""
-    set_attrs(study, trial._trial_id, outcome_attrs(outcome, kind))
+    set_attrs(study, trial._trial_id, outcome_attrs(outcome, size_unit, kind, "complete"))
     study.tell(trial, list(outcome.values(size_unit)))
+
+
+def tell_stopped(
+    study: optuna.Study,
+    trial: optuna.trial.Trial,
+    outcome: TrialOutcome,
+    size_unit: SizeUnit,
+    kind: Kind,
+) -> None:
+    """Record a trial stopped early: state PRUNED, no values, never on the front."""
+    set_attrs(study, trial._trial_id, outcome_attrs(outcome, size_unit, kind, "stopped"))
+    study.tell(trial, state=TrialState.PRUNED)
+
+
+def record_rung(study: optuna.Study, trial_id: int, rungs: dict[str, list[float]]) -> None:
+    """Write a running trial's rung results, ``{step: [metric, size]}``, as it reaches them."""
+    study._storage.set_trial_user_attr(trial_id, RUNGS, rungs)
+
+
+def rung_points(study: optuna.Study, step: int, exclude: int) -> list[tuple[float, float]]:
+    """``(metric, size)`` of every trial but ``exclude`` that reached rung ``step``."""
+    points = []
+    for trial in study.get_trials(deepcopy=False):
+        reached = trial.user_attrs.get(RUNGS, {}).get(str(step))
+        if reached is not None and trial.number != exclude:
+            points.append((float(reached[0]), float(reached[1])))
+    return points
 
 
 def tell_not_complete(

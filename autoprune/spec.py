@@ -95,6 +95,20 @@ class RetrainSpec(_Section):
     seed: int = 0
 
 
+class EarlyStoppingSpec(_Section):
+    """Multi-objective successive halving during retraining (off while ``rungs`` is empty)."""
+
+    rungs: list[int] = Field(default=[], description="retraining steps where trials compare")
+    keep: float = Field(default=0.5, gt=0, lt=1, description="fraction continuing at a rung")
+    min_trials: int = Field(default=4, ge=1, description="trials at a rung before it decides")
+
+    @model_validator(mode="after")
+    def _increasing(self) -> EarlyStoppingSpec:
+        if any(r <= 0 for r in self.rungs) or sorted(set(self.rungs)) != self.rungs:
+            raise ValueError(f"rungs must be increasing positive steps, got {self.rungs}")
+        return self
+
+
 class BaselineSpec(_Section):
     """Uniform pruning (one ratio for heads and feed-forward in every layer), run with the study."""
 
@@ -115,6 +129,11 @@ class BackendSpec(_Section):
     gpus_per_trial: float = Field(default=0, ge=0)
     concurrent_trials: int = Field(default=1, ge=1)
     max_retries: int = Field(default=1, ge=0, description="retries of a trial whose worker died")
+    storage_path: str | None = Field(
+        default=None,
+        description="where Ray Tune keeps trial results and checkpoints (default: RUN/ray); "
+        "on a multi-node cluster, storage every node reaches (an NFS path, s3://...)",
+    )
 
 
 class StudySpec(_Section):
@@ -131,15 +150,29 @@ class StudySpec(_Section):
     objectives: ObjectivesSpec = ObjectivesSpec()
     budget: BudgetSpec = BudgetSpec()
     retrain: RetrainSpec = RetrainSpec()
+    early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
     baseline: BaselineSpec = BaselineSpec()
     backend: BackendSpec = BackendSpec()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     storage: str | None = Field(default=None, description="Optuna storage URL (default: SQLite)")
 
+    @model_validator(mode="after")
+    def _rungs_within_retraining(self) -> StudySpec:
+        late = [r for r in self.early_stopping.rungs if r >= self.retrain.steps]
+        if late:
+            raise ValueError(
+                f"early_stopping.rungs {late} must be below retrain.steps ({self.retrain.steps})"
+            )
+        return self
+
     def prepared_fingerprint(self) -> dict[str, Any]:
         """The parts of the study that decide the prepared work (cached once per run)."""
         dumped = self.model_dump(mode="json")
-        return {k: dumped[k] for k in ("model", "data", "max_length", "finetune", "importance")}
+        sections = ("model", "data", "max_length", "finetune", "importance")
+        return {
+            **{k: dumped[k] for k in sections},
+            "retrain": {"samples": self.retrain.samples},  # the teacher's logits cover these
+        }
 
 
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -10,15 +10,17 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
 
 from autoprune.arch import describe
 from autoprune.controllers import make_sampler
+from autoprune.early_stopping import should_continue
 from autoprune.metrics import chance_level
 from autoprune.prepare import Prepared, pick_device, prepare
 from autoprune.prune import PruneConfig
@@ -28,9 +30,12 @@ from autoprune.records import (
     Kind,
     count_spent,
     front_trials,
+    record_rung,
     recover_interrupted,
+    rung_points,
     tell_complete,
     tell_not_complete,
+    tell_stopped,
 )
 from autoprune.rundir import BASELINE, SEARCH, RunDir, RunLock, log_to_run, open_storage, open_study
 from autoprune.serialize import save_pruned
@@ -39,6 +44,10 @@ from autoprune.spec import StudyError, StudySpec, load_study, save_study
 from autoprune.trial import OutsideSizeBand, TrialOutcome, TrialSettings, run_trial, size_check
 
 log = logging.getLogger("autoprune")
+
+# Give up when the controller proposes this many configurations outside the size band in a
+# row: the band is reachable (checked at start) but the controller is not finding it.
+MAX_OUTSIDE_BAND_IN_A_ROW = 200
 
 
 @dataclass
@@ -54,16 +63,42 @@ class Session:
     baseline: optuna.Study
     started: float = field(default_factory=time.perf_counter)
 
-    def keep_front_checkpoint(self, study: optuna.Study, number: int, model: Any) -> None:
-        """Keep the retrained model of trial ``number`` if it is on ``study``'s front, and
-        delete the checkpoints of trials the front no longer holds.
+    def propose(
+        self, study: optuna.Study, distributions: dict[str, BaseDistribution]
+    ) -> tuple[optuna.trial.Trial, PruneConfig]:
+        """Ask the controller for a configuration inside the size band.
+
+        Configurations outside the band are recorded as such before any training is spent,
+        and do not count towards the budget; the controller is asked again.
+        """
+        for _ in range(MAX_OUTSIDE_BAND_IN_A_ROW):
+            trial = study.ask(distributions)
+            config = self.space.to_config(trial.params)
+            try:
+                size_check(self.prepared, config, self.settings)
+            except OutsideSizeBand as error:
+                tell_not_complete(
+                    study, trial, "outside_band", str(error), "search", {"config": config.to_dict()}
+                )
+                continue
+            return trial, config
+        raise RuntimeError(
+            f"the controller proposed {MAX_OUTSIDE_BAND_IN_A_ROW} configurations in a row "
+            f"outside the size band; widen objectives.min_size/max_size or the search space"
+        )
+
+    def keep_front_checkpoint(
+        self, study: optuna.Study, number: int, write: Callable[[Path], object]
+    ) -> None:
+        """Keep trial ``number``'s retrained model (``write(directory)`` writes it) if the
+        trial is on ``study``'s front, and delete the checkpoints the front no longer holds.
 
         Export then loads exactly the weights whose metric the trial recorded.
         """
         which = SEARCH if study is self.search else BASELINE
         front = {t.number for t in front_trials(study)}
         if number in front:
-            save_pruned(model, self.run.checkpoint(which, number), self.prepared.tokenizer)
+            write(self.run.checkpoint(which, number))
         for path in self.run.checkpoints.glob(f"{which}_*"):
             if int(path.name.rsplit("_", 1)[1]) not in front:
                 shutil.rmtree(path, ignore_errors=True)
@@ -156,8 +191,20 @@ def evaluate_and_record(
 ) -> TrialOutcome | None:
     """Run one trial in this process and record it; a failure is recorded, not raised."""
     extra = {"config": config.to_dict()}
+    reached: dict[str, list[float]] = {}
+    stopping = session.spec.early_stopping
+
+    def on_rung(step: int, metric: float, size: float) -> bool:
+        reached[str(step)] = [metric, size]
+        record_rung(study, trial._trial_id, reached)
+        others = rung_points(study, step, exclude=trial.number)
+        return should_continue(others, (metric, size), stopping.keep, stopping.min_trials)
+
+    use_rungs = kind == "search" and bool(stopping.rungs)
     try:
-        outcome, model = run_trial(session.prepared, config, session.settings)
+        outcome, model = run_trial(
+            session.prepared, config, session.settings, on_rung if use_rungs else None
+        )
     except OutsideSizeBand as error:
         tell_not_complete(study, trial, "outside_band", str(error), kind, extra)
         return None
@@ -168,8 +215,22 @@ def evaluate_and_record(
         log.warning("trial %d failed: %s: %s", trial.number, type(error).__name__, error)
         tell_not_complete(study, trial, "failed", f"{type(error).__name__}: {error}", kind, extra)
         return None
+    if outcome.stopped_at is not None:
+        tell_stopped(study, trial, outcome, session.settings.size_unit, kind)
+        log.info(
+            "trial %d stopped early at rung %d: %s %.4f at size %.3f",
+            trial.number,
+            outcome.stopped_at,
+            session.prepared.task.metric,
+            outcome.metric_search,
+            outcome.values(session.settings.size_unit)[1],
+        )
+        return outcome
     tell_complete(study, trial, outcome, session.settings.size_unit, kind)
-    session.keep_front_checkpoint(study, trial.number, model)
+    tokenizer = session.prepared.tokenizer
+    session.keep_front_checkpoint(
+        study, trial.number, lambda path: save_pruned(model, path, tokenizer)
+    )
     session.report(study, outcome, trial.number)
     return outcome
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -45,6 +45,7 @@ class TrialSettings:
     max_size: float | None
     seq_len: int
     device: str
+    rungs: tuple[int, ...] = ()
 
     @classmethod
     def from_spec(cls, spec: StudySpec, device: torch.device) -> TrialSettings:
@@ -55,6 +56,7 @@ class TrialSettings:
             max_size=spec.objectives.max_size,
             seq_len=spec.max_length,
             device=str(device),
+            rungs=tuple(spec.early_stopping.rungs),
         )
 
     def in_band(self, ratio: float) -> bool:
@@ -71,10 +73,14 @@ class TrialOutcome:
         ratios: Size as a fraction of the dense model, in every unit.
         size: Absolute size in every unit.
         metric_search_before: Task metric on the search split before retraining.
-        metric_search: After retraining, on the search split (what the controller sees).
-        metric_test: After retraining, on the test split (never given to the controller).
+        metric_search: After retraining, on the search split (what the controller sees); for
+            a trial stopped early, at its last rung.
+        metric_test: After retraining, on the test split (never given to the controller);
+            None for a trial stopped early.
         retrain_steps: Retraining steps taken.
         seconds: Time spent pruning, retraining, evaluating, and in all.
+        rungs: The search metric at each rung reached, by step.
+        stopped_at: The rung where early stopping ended the trial, or None.
     """
 
     config: PruneConfig
@@ -82,18 +88,28 @@ class TrialOutcome:
     size: dict[str, int]
     metric_search_before: float
     metric_search: float
-    metric_test: float
+    metric_test: float | None
     retrain_steps: int
     seconds: dict[str, float]
+    rungs: dict[str, float] = field(default_factory=dict)
+    stopped_at: int | None = None
 
     def values(self, size_unit: SizeUnit) -> tuple[float, float]:
         """The objective values: (task metric on search, size ratio)."""
         return self.metric_search, self.ratios[size_unit]
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; :meth:`from_dict` reads it back."""
+        return {**asdict(self), "config": self.config.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialOutcome:
+        return cls(**{**data, "config": PruneConfig.from_dict(data["config"])})
+
     def to_attrs(self) -> dict[str, Any]:
         """Flat JSON-ready attributes for an Optuna trial."""
-        attrs = asdict(self)
-        attrs["config"] = self.config.to_dict()
+        attrs = self.to_dict()
+        del attrs["rungs"]  # written as rung points, with the size, by the recorder
         for unit, ratio in attrs.pop("ratios").items():
             attrs[f"ratio_{unit}"] = ratio
         return attrs
@@ -117,12 +133,13 @@ def run_trial(
     prepared: Prepared,
     config: PruneConfig,
     settings: TrialSettings,
-    on_step: Callable[[int, PreTrainedModel], bool] | None = None,
+    on_rung: Callable[[int, float, float], bool] | None = None,
 ) -> tuple[TrialOutcome, PreTrainedModel]:
     """Prune, retrain with distillation, evaluate and measure one configuration.
 
-    ``on_step(step, model)`` is called after every retraining step; returning False stops
-    retraining there (early stopping). Returns the outcome and the retrained model (CPU).
+    With ``on_rung``, at each of ``settings.rungs`` the search metric is measured and
+    ``on_rung(step, metric, size_ratio)`` decides whether retraining goes on; a trial it
+    stops is not evaluated on the test split. Returns the outcome and the model (CPU).
     """
     started = time.perf_counter()
     model, ratios, size = size_check(prepared, config, settings)
@@ -141,17 +158,28 @@ def run_trial(
         distill_weight=retrain.distill_weight,
         seed=retrain.seed,
     )
+    size_ratio = ratios[settings.size_unit]
+    rungs: dict[str, float] = {}
+    stopped_at: list[int] = []
+
+    def at_step(step: int) -> bool:
+        if on_rung is None or step not in settings.rungs:
+            return True
+        rungs[str(step)] = evaluate(model, task.search, task.metric)
+        if on_rung(step, rungs[str(step)], size_ratio):
+            return True
+        stopped_at.append(step)
+        return False
+
     steps = train(
-        model,
-        prepared.retrain_data,
-        recipe,
-        prepared.teacher_logits,
-        on_step=None if on_step is None else (lambda step: on_step(step, model)),
-        desc="retrain",
+        model, prepared.retrain_data, recipe, prepared.teacher_logits, at_step, desc="retrain"
     )
     retrained_at = time.perf_counter()
-    metric_search = evaluate(model, task.search, task.metric) if steps else before
-    metric_test = evaluate(model, task.test, task.metric)
+    if stopped_at:
+        metric_search, metric_test = rungs[str(stopped_at[0])], None
+    else:
+        metric_search = evaluate(model, task.search, task.metric) if steps else before
+        metric_test = evaluate(model, task.test, task.metric)
     finished = time.perf_counter()
     outcome = TrialOutcome(
         config=config,
@@ -167,5 +195,7 @@ def run_trial(
             "evaluate": (evaluated_at - pruned_at) + (finished - retrained_at),
             "total": finished - started,
         },
+        rungs=rungs,
+        stopped_at=stopped_at[0] if stopped_at else None,
     )
     return outcome, model.cpu()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -126,3 +128,47 @@ def finetuned_minilm(minilm_path: str, sst2_task):
     model, _ = autoprune.load_model(minilm_path, num_labels=2)
     train(model, task.pool, Recipe(steps=40, batch_size=32, lr=1e-4, seed=0))
     return model
+
+
+@pytest.fixture(scope="session")
+def study_file(tmp_path_factory, data_dir: Path, minilm_path: str) -> Path:
+    study = {
+        "name": "e2e",
+        "model": {"source": minilm_path},
+        "data": {
+            "train": str(data_dir / "sst2" / "train.tsv"),
+            "test": str(data_dir / "sst2" / "validation.tsv"),
+            "text": ["sentence"],
+            "search_samples": 64,
+            "train_samples": 256,
+            "test_samples": 64,
+        },
+        "max_length": 32,
+        "finetune": {"steps": 8, "batch_size": 16},
+        "importance": {"method": "fisher", "samples": 32},
+        "search_space": str(REPO / "search_spaces" / "heads_ffn.yaml"),
+        "controller": {"name": "tpe", "seed": 0},
+        "objectives": {"size": "prunable", "min_size": 0.05, "max_size": 0.95},
+        "budget": {"trials": 2},
+        "retrain": {"steps": 2, "batch_size": 16},
+        "baseline": {"ratios": [0.5]},
+    }
+    path = tmp_path_factory.mktemp("study") / "e2e.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+@pytest.fixture(scope="session")
+def run_dir(study_file: Path, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "e2e"
+    from autoprune import cli
+
+    assert cli.main(["search", str(study_file), "--out", str(out)]) == 0
+    return out
+
+
+def new_run_with_prepared(run_dir: Path, tmp_path: Path) -> Path:
+    """A fresh run directory that reuses ``run_dir``'s prepared work (same study)."""
+    out = tmp_path / "run"
+    shutil.copytree(run_dir / "prepared", out / "prepared")
+    return out

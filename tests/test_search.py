@@ -4,14 +4,12 @@ search, resume, pareto, plot, export, reload; failures; the size band; the run's
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import optuna
 import pytest
 import torch
-import yaml
-from conftest import REPO
+from conftest import REPO, new_run_with_prepared
 
 import autoprune
 from autoprune import cli
@@ -20,48 +18,6 @@ from autoprune.results import load_run
 from autoprune.rundir import SEARCH, RunDir, open_storage, open_study
 from autoprune.spec import StudyError, load_study
 from autoprune.study import run_search
-
-
-@pytest.fixture(scope="module")
-def study_file(tmp_path_factory, data_dir: Path, minilm_path: str) -> Path:
-    study = {
-        "name": "e2e",
-        "model": {"source": minilm_path},
-        "data": {
-            "train": str(data_dir / "sst2" / "train.tsv"),
-            "test": str(data_dir / "sst2" / "validation.tsv"),
-            "text": ["sentence"],
-            "search_samples": 64,
-            "train_samples": 256,
-            "test_samples": 64,
-        },
-        "max_length": 32,
-        "finetune": {"steps": 8, "batch_size": 16},
-        "importance": {"method": "fisher", "samples": 32},
-        "search_space": str(REPO / "search_spaces" / "heads_ffn.yaml"),
-        "controller": {"name": "tpe", "seed": 0},
-        "objectives": {"size": "prunable", "min_size": 0.05, "max_size": 0.95},
-        "budget": {"trials": 2},
-        "retrain": {"steps": 2, "batch_size": 16},
-        "baseline": {"ratios": [0.5]},
-    }
-    path = tmp_path_factory.mktemp("study") / "e2e.yaml"
-    path.write_text(yaml.safe_dump(study))
-    return path
-
-
-@pytest.fixture(scope="module")
-def run_dir(study_file: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "e2e"
-    assert cli.main(["search", str(study_file), "--out", str(out)]) == 0
-    return out
-
-
-def new_run_with_prepared(run_dir: Path, tmp_path: Path) -> Path:
-    """A fresh run directory that reuses ``run_dir``'s prepared work (same study)."""
-    out = tmp_path / "run"
-    shutil.copytree(run_dir / "prepared", out / "prepared")
-    return out
 
 
 def test_search_records_every_trial_and_the_dense_model(run_dir: Path) -> None:

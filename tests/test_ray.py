@@ -1,0 +1,237 @@
+"""The Ray backend on a real local Ray cluster that these tests start and stop themselves:
+a search through ``--address`` with 2 concurrent trials and early stopping, a worker killed
+during a trial, and a driver killed mid-search then resumed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+from conftest import new_run_with_prepared
+
+from autoprune.records import count_spent
+from autoprune.results import load_run
+from autoprune.rundir import SEARCH, RunDir, open_storage, open_study
+from autoprune.spec import load_study
+
+RAY = str(Path(sys.executable).parent / "ray")
+ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Cluster:
+    address: str
+    temp_dir: str
+
+    def processes(self) -> list[psutil.Process]:
+        """The cluster's processes (those naming its temporary directory, and their
+        children): what this test started, and nothing else."""
+        found: set[psutil.Process] = set()
+        for process in psutil.process_iter(["cmdline"]):
+            try:
+                if any(self.temp_dir in part for part in process.info["cmdline"] or []):
+                    found.add(process)
+                    found.update(process.children(recursive=True))
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return list(found)
+
+    def trial_workers(self) -> list[psutil.Process]:
+        """Worker processes running a Tune trial (titled ``ray::ImplicitFunc...``)."""
+        workers = []
+        for process in self.processes():
+            try:
+                if "ImplicitFunc" in " ".join(process.cmdline()):
+                    workers.append(process)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+        return workers
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    """``ray start --head`` on 127.0.0.1 with its own port and temporary directory."""
+    temp_dir = tempfile.mkdtemp(prefix="apray", dir="/tmp")
+    port = _free_port()
+    subprocess.run(
+        [
+            RAY,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+        ],
+        env=ENV,
+        check=True,
+        timeout=180,
+        capture_output=True,
+    )
+    started = Cluster(f"127.0.0.1:{port}", temp_dir)
+    try:
+        yield started
+    finally:
+        processes = started.processes()
+        for process in processes:
+            process.terminate()
+        _, alive = psutil.wait_procs(processes, timeout=5)
+        for process in alive:
+            process.kill()
+
+
+def ray_study(study_file: Path, tmp_path: Path, **sections: dict) -> Path:
+    data = yaml.safe_load(study_file.read_text())
+    data["baseline"] = {"ratios": []}
+    data["objectives"] = {"size": "prunable"}
+    data["backend"] = {"name": "ray", "concurrent_trials": 2, "cpus_per_trial": 1, "max_retries": 1}
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    path = tmp_path / "ray_study.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def search(study: Path, out: Path, address: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "autoprune",
+            "search",
+            str(study),
+            "--out",
+            str(out),
+            "--backend",
+            "ray",
+            "--address",
+            address,
+        ],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 400) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output[-4000:]
+    return output
+
+
+def search_study(study: Path, out: Path):
+    spec = load_study(study)
+    return open_study(spec, open_storage(RunDir(out).storage_url(spec)), SEARCH, None)
+
+
+def test_search_on_a_cluster_with_two_concurrent_trials_and_early_stopping(
+    cluster: Cluster, study_file: Path, run_dir: Path, tmp_path: Path
+) -> None:
+    study = ray_study(
+        study_file,
+        tmp_path,
+        budget={"trials": 4},
+        retrain={"steps": 3},
+        early_stopping={"rungs": [1], "keep": 0.5, "min_trials": 2},
+    )
+    out = new_run_with_prepared(run_dir, tmp_path)
+    output = finish(search(study, out, cluster.address))
+    assert "2 at a time" in output
+    optuna_study = search_study(study, out)
+    assert count_spent(optuna_study) == 4
+    trials = optuna_study.trials
+    statuses = {t.user_attrs.get("status") for t in trials}
+    assert statuses <= {"complete", "stopped", "outside_band"}
+    for trial in trials:
+        if trial.user_attrs.get("status") == "stopped":
+            assert trial.state.name == "PRUNED" and trial.user_attrs["metric_test"] is None
+            assert "1" in trial.user_attrs["rung_points"]
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
+    run = load_run(out)
+    front = run.front("search")
+    assert not front.empty and set(front["status"]) == {"complete"}
+    kept = {int(p.name.rsplit("_", 1)[1]) for p in (out / "checkpoints").iterdir()}
+    assert kept == set(front["trial"])
+
+
+def test_a_worker_killed_during_a_trial_is_retried(
+    cluster: Cluster, study_file: Path, run_dir: Path, tmp_path: Path
+) -> None:
+    study = ray_study(
+        study_file,
+        tmp_path,
+        budget={"trials": 2},
+        retrain={"steps": 40},
+        backend={"concurrent_trials": 1},
+    )
+    out = new_run_with_prepared(run_dir, tmp_path)
+    driver = search(study, out, cluster.address)
+    deadline = time.time() + 240
+    killed = None
+    while killed is None and time.time() < deadline and driver.poll() is None:
+        workers = cluster.trial_workers()
+        if workers:
+            time.sleep(3)  # let it get into retraining
+            workers[0].send_signal(signal.SIGKILL)
+            killed = workers[0].pid
+        time.sleep(0.5)
+    assert killed is not None, "no trial worker appeared"
+    finish(driver)
+    optuna_study = search_study(study, out)
+    assert count_spent(optuna_study) == 2
+    hit = [t for t in optuna_study.trials if t.user_attrs.get("worker_failures")]
+    assert hit, "the killed worker's trial was not seen failing"
+    assert hit[0].user_attrs["status"] in ("complete", "failed")
+
+
+def test_a_killed_driver_resumes_without_losing_or_repeating_trials(
+    cluster: Cluster, study_file: Path, run_dir: Path, tmp_path: Path
+) -> None:
+    study = ray_study(
+        study_file,
+        tmp_path,
+        budget={"trials": 4},
+        retrain={"steps": 6},
+        backend={"concurrent_trials": 1},
+    )
+    out = new_run_with_prepared(run_dir, tmp_path)
+    driver = search(study, out, cluster.address)
+    deadline = time.time() + 240
+    while time.time() < deadline and driver.poll() is None:
+        if (out / "optuna.db").exists() and count_spent(search_study(study, out)) >= 1:
+            break
+        time.sleep(1)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    before = {
+        t.number: t.values for t in search_study(study, out).trials if t.state.name == "COMPLETE"
+    }
+    assert before, "the driver was killed before any trial finished"
+    finish(search(study, out, cluster.address))
+    optuna_study = search_study(study, out)
+    assert count_spent(optuna_study) == 4
+    numbers = [t.number for t in optuna_study.trials]
+    assert len(numbers) == len(set(numbers))
+    after = {t.number: t.values for t in optuna_study.trials if t.state.name == "COMPLETE"}
+    assert all(after[n] == values for n, values in before.items())
