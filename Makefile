@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow lint bench
+.PHONY: setup demo test lint
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,14 +18,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# The quick start: fine-tune MiniLM on SST-2, search, print and plot the front (~11 min).
 demo: setup
-	$(VENV)/bin/autoprune demo
+	$(VENV)/bin/autoprune search studies/quickstart.yaml --out runs/quickstart
+	$(VENV)/bin/autoprune plot runs/quickstart
 
 test: setup
 	$(PY) -m pytest -q
-
-test-slow: setup
-	$(PY) -m pytest -q -m slow
 
 lint: setup
 	$(VENV)/bin/ruff check autoprune tests benchmarks

@@ -1,7 +1,8 @@
 """autoprune: search for the best way to prune a transformer.
 
 The engine: load a model, describe it, score its heads, neurons and weights, prune it
-according to a per-layer plan, measure it, save it and load it back.
+according to a per-layer plan, measure it, save it and load it back; and a finished
+search's run directory, read back with :func:`load_run`.
 """
 
 from autoprune.arch import Architecture, UnsupportedModelError, describe
@@ -9,6 +10,7 @@ from autoprune.importance import importance
 from autoprune.measure import Size, latency, measure
 from autoprune.models import ModelNotFoundError, load_model
 from autoprune.prune import PruneConfig, PruneConfigError, prune
+from autoprune.results import Run, load_run
 from autoprune.scores import Scores
 from autoprune.serialize import load_pruned, save_pruned
 
@@ -17,6 +19,7 @@ __all__ = [
     "ModelNotFoundError",
     "PruneConfig",
     "PruneConfigError",
+    "Run",
     "Scores",
     "Size",
     "UnsupportedModelError",
@@ -25,6 +28,7 @@ __all__ = [
     "latency",
     "load_model",
     "load_pruned",
+    "load_run",
     "measure",
     "prune",
     "save_pruned",

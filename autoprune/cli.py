@@ -7,11 +7,16 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import optuna
 
 from autoprune.controllers import CONTROLLERS
+from autoprune.records import Kind
+from autoprune.results import TableFormat
+from autoprune.spec import BackendName
+
+KINDS = get_args(Kind)
 
 log = logging.getLogger("autoprune")
 
@@ -28,9 +33,18 @@ def _ratios(text: str) -> list[float]:
 
 def _search(args: argparse.Namespace) -> None:
     from autoprune.results import load_run, render
-    from autoprune.study import run_search
+    from autoprune.search import run_search
 
     overrides: dict[str, Any] = {}
+    if args.backend == "local":  # a Ray study run locally: its Ray-only settings do not apply
+        overrides.update(
+            {
+                "backend.address": None,
+                "backend.storage_path": None,
+                "backend.concurrent_trials": 1,
+                "backend.gpus_per_trial": 0,
+            }
+        )
     for key, value in (
         ("budget.trials", args.trials),
         ("budget.wall_time", args.wall_time),
@@ -49,20 +63,15 @@ def _search(args: argparse.Namespace) -> None:
 def _baseline(args: argparse.Namespace) -> None:
     from autoprune.results import load_run, render
     from autoprune.rundir import RunDir, RunLock
-    from autoprune.study import (
-        layer_uniform_configs,
-        open_run,
-        run_baseline_configs,
-        uniform_configs,
-    )
+    from autoprune.study import baseline_configs, open_run, run_baseline_configs
 
+    if bool(args.heads_ratios) != bool(args.ffn_ratios):
+        raise ValueError("--heads-ratios and --ffn-ratios go together (a layer-uniform grid)")
     with RunLock(RunDir(Path(args.run))):
-        session = open_run(args.run)
-        configs = uniform_configs(session, args.ratios)
-        if args.heads_ratios or args.ffn_ratios:
-            if not (args.heads_ratios and args.ffn_ratios):
-                raise ValueError("--heads-ratios and --ffn-ratios go together")
-            configs += layer_uniform_configs(session, args.heads_ratios, args.ffn_ratios)
+        session = open_run(args.run, read_only=False)
+        configs = baseline_configs(
+            session, args.ratios, args.heads_ratios or (), args.ffn_ratios or ()
+        )
         run_baseline_configs(session, configs)
     print(render(load_run(args.run), kind="uniform"))
 
@@ -84,7 +93,7 @@ def _plot(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from autoprune.export import export
 
-    result = export(args.run, args.out, args.trial, args.max_size, args.min_metric)
+    result = export(args.run, args.out, args.trial, args.max_size, args.min_metric, args.kind)
     source = "its kept checkpoint" if result.from_checkpoint else "a re-run of its configuration"
     print(f"exported trial {result.trial} from {source} to {result.directory}")
     for split in ("search", "test"):
@@ -109,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--wall-time", type=float, help="seconds (overrides budget.wall_time)")
     search.add_argument("--controller", choices=CONTROLLERS)
     search.add_argument("--seed", type=int, help="controller seed")
-    search.add_argument("--backend", choices=["local", "ray"])
+    search.add_argument("--backend", choices=get_args(BackendName))
     search.add_argument("--address", help="Ray cluster address (with --backend ray)")
     search.add_argument("--storage", help="Optuna storage URL (default: SQLite in the run)")
     search.set_defaults(handler=_search)
@@ -132,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     pareto = commands.add_parser("pareto", help="print the Pareto front of a run")
     pareto.add_argument("run")
-    pareto.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    pareto.add_argument("--format", choices=get_args(TableFormat), default="table")
     pareto.add_argument("--kind", choices=["search", "uniform", "layer-uniform"], default="search")
     pareto.set_defaults(handler=_pareto)
 
@@ -148,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     choice.add_argument("--max-size", type=float, help="best front point at most this size")
     choice.add_argument("--min-metric", type=float, help="smallest front point reaching this")
     export.add_argument("--out", required=True, help="directory to write")
+    export.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="search",
+        help="export from the search's front (default) or a baseline's",
+    )
     export.set_defaults(handler=_export)
     return parser
 

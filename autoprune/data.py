@@ -74,20 +74,21 @@ def read_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"data file not found: {path}")
     suffix = path.suffix.lower()
-    if suffix == ".tsv":
-        return pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False)
-    if suffix == ".csv":
-        return pd.read_csv(path, keep_default_na=False)
-    if suffix in (".jsonl", ".json"):
-        try:
-            return pd.read_json(path, lines=True)
-        except ValueError:
-            return pd.read_json(path)
-    if suffix == ".parquet":
-        return pd.read_parquet(path)
-    raise ValueError(
-        f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .jsonl or .parquet"
-    )
+    readers = {
+        ".tsv": lambda: pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False),
+        ".csv": lambda: pd.read_csv(path, keep_default_na=False),
+        ".jsonl": lambda: pd.read_json(path, lines=True),
+        ".json": lambda: pd.read_json(path, lines=not path.read_text().lstrip().startswith("[")),
+        ".parquet": lambda: pd.read_parquet(path),
+    }
+    if suffix not in readers:
+        raise ValueError(
+            f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .json, .jsonl or .parquet"
+        )
+    try:
+        return readers[suffix]()
+    except Exception as error:  # pandas and pyarrow raise many kinds
+        raise ValueError(f"{path}: cannot be read as {suffix[1:]}: {error}") from None
 
 
 def _load_frames(spec: DataSpec) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:

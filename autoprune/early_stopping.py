@@ -19,11 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-Point = tuple[float, float]  # (metric, higher is better; size, lower is better)
-
-
-def _dominates(a: Point, b: Point) -> bool:
-    return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+from autoprune.pareto import Point, dominates
 
 
 def nondominated_ranks(points: Sequence[Point]) -> list[int]:
@@ -35,7 +31,7 @@ def nondominated_ranks(points: Sequence[Point]) -> list[int]:
         front = {
             i
             for i in remaining
-            if not any(_dominates(points[j], points[i]) for j in remaining if j != i)
+            if not any(dominates(points[j], points[i]) for j in remaining if j != i)
         }
         for i in front:
             ranks[i] = rank

@@ -19,6 +19,7 @@ import pandas as pd
 
 from autoprune.measure import measure
 from autoprune.prune import PruneConfig
+from autoprune.records import Kind
 from autoprune.results import Run, load_run
 from autoprune.rundir import BASELINE, SEARCH, RunDir
 from autoprune.serialize import load_pruned, save_pruned
@@ -45,7 +46,7 @@ def choose_trial(
     trial: int | None = None,
     max_size: float | None = None,
     min_metric: float | None = None,
-    kind: str = "search",
+    kind: Kind = "search",
 ) -> pd.Series:
     """The trial to export: by number, the best front point within ``max_size``, or the
     smallest front point reaching ``min_metric``; both chosen on the search split."""
@@ -114,7 +115,7 @@ def export(
     trial: int | None = None,
     max_size: float | None = None,
     min_metric: float | None = None,
-    kind: str = "search",
+    kind: Kind = "search",
 ) -> Exported:
     """Write ``prune_config.json``, the pruned model and ``README.md`` for a chosen trial.
 

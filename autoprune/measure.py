@@ -11,6 +11,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from autoprune.arch import describe, family_of
+from autoprune.prune import PruneConfig
 from autoprune.sparsity import MaskedLinear, effective_weight
 
 SizeUnit = Literal["params", "prunable", "nonzero", "bytes", "macs"]
@@ -103,6 +104,90 @@ def measure(model: PreTrainedModel, seq_len: int = 128) -> Size:
         macs=_linear_macs(model, seq_len) + attention_macs,
         seq_len=seq_len,
     )
+
+
+@dataclass(frozen=True)
+class _UnitCost:
+    """What one head or one neuron of a layer carries: parameters, weights, MACs."""
+
+    params: int
+    weights: int
+    macs: int
+
+
+@dataclass(frozen=True)
+class SizeModel:
+    """The exact size of structurally pruned variants of one model, without building them.
+
+    Every head of a layer carries the same rows and columns of its attention projections,
+    every neuron the same of its feed-forward ones, so sizes are sums of per-unit costs.
+    Unstructured zeros are counted as the masks will make them (weights that are already
+    exactly zero are not foreseen, so ``nonzero`` can be slightly above the measured value).
+    Used to check a size band before any model is built; tests hold it to :func:`measure`.
+    """
+
+    dense: Size
+    heads: tuple[int, ...]
+    ffn: tuple[int, ...]
+    head_cost: tuple[_UnitCost, ...]
+    neuron_cost: tuple[_UnitCost, ...]
+    bytes_per_param: int
+
+    @classmethod
+    def of(cls, model: PreTrainedModel, dense: Size) -> SizeModel:
+        """The size model of ``model``, whose measured size (at its ``seq_len``) is ``dense``."""
+        family = family_of(model)
+        arch = describe(model)
+        lay = family.layout
+        tokens, d = dense.seq_len, arch.head_dim
+        head_cost, neuron_cost = [], []
+        for layer in family.layers(model):
+            head = [0, 0]  # params, weights
+            neuron = [0, 0]
+            for path, linear in family.prunable_linears(layer).items():
+                bias = linear.bias is not None
+                if path in (*lay.query, *lay.key_value):  # rows: head_dim per head
+                    head[0] += d * linear.in_features + (d if bias else 0)
+                    head[1] += d * linear.in_features
+                elif path == lay.attention_out:  # columns: head_dim per head
+                    head[0] += d * linear.out_features
+                    head[1] += d * linear.out_features
+                elif path in lay.ffn_in:  # rows: one per neuron
+                    neuron[0] += linear.in_features + (1 if bias else 0)
+                    neuron[1] += linear.in_features
+                else:  # ffn_out, columns: one per neuron
+                    neuron[0] += linear.out_features
+                    neuron[1] += linear.out_features
+            attention = 2 * tokens * tokens * d  # scores and weighted values, per head
+            head_cost.append(_UnitCost(head[0], head[1], tokens * head[1] + attention))
+            neuron_cost.append(_UnitCost(neuron[0], neuron[1], tokens * neuron[1]))
+        element = next(model.parameters()).element_size()
+        return cls(dense, arch.heads, arch.ffn, tuple(head_cost), tuple(neuron_cost), element)
+
+    def size(self, config: PruneConfig) -> Size:
+        """The size :func:`autoprune.prune` with ``config`` will give, then :func:`measure`."""
+        removed = _UnitCost(0, 0, 0)
+        zeros = 0
+        for layer, (heads, ffn) in enumerate(zip(self.heads, self.ffn, strict=True)):
+            head, neuron = self.head_cost[layer], self.neuron_cost[layer]
+            cut_heads, cut_neurons = heads - config.heads[layer], ffn - config.ffn[layer]
+            removed = _UnitCost(
+                removed.params + cut_heads * head.params + cut_neurons * neuron.params,
+                removed.weights + cut_heads * head.weights + cut_neurons * neuron.weights,
+                removed.macs + cut_heads * head.macs + cut_neurons * neuron.macs,
+            )
+            kept_weights = config.heads[layer] * head.weights + config.ffn[layer] * neuron.weights
+            zeros += round(config.sparsity[layer] * kept_weights)
+        dense = self.dense
+        return Size(
+            params=dense.params - removed.params,
+            prunable=dense.prunable - removed.params,
+            nonzero=dense.nonzero - removed.params - zeros,
+            nonzero_total=dense.nonzero_total - removed.params - zeros,
+            bytes=dense.bytes - removed.params * self.bytes_per_param,
+            macs=dense.macs - removed.macs,
+            seq_len=dense.seq_len,
+        )
 
 
 def latency(

@@ -4,19 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-
-def nondominated(points: Sequence[tuple[float, float]]) -> list[bool]:
-    """For each ``(metric, size)`` point: whether no other point is at least as good in both
-    and better in one (higher metric, smaller size). Exact duplicates are all kept.
-    """
-    flags = []
-    for metric, size in points:
-        dominated = any((m >= metric and s <= size) and (m > metric or s < size) for m, s in points)
-        flags.append(not dominated)
-    return flags
+Point = tuple[float, float]  # (metric: higher is better, size: lower is better)
 
 
-def hypervolume(points: Sequence[tuple[float, float]], reference: tuple[float, float]) -> float:
+def dominates(a: Point, b: Point) -> bool:
+    """Whether ``a`` is at least as good as ``b`` in both objectives and better in one."""
+    return a[0] >= b[0] and a[1] <= b[1] and (a[0] > b[0] or a[1] < b[1])
+
+
+def nondominated(points: Sequence[Point]) -> list[bool]:
+    """For each point: whether no other point dominates it. Exact duplicates are all kept."""
+    return [not any(dominates(other, point) for other in points) for point in points]
+
+
+def hypervolume(points: Sequence[Point], reference: Point) -> float:
     """Area dominated by ``(metric, size)`` points and bounded by ``reference``.
 
     ``reference`` is ``(worst metric, largest size)``, e.g. (chance level, 1.0); points worse

@@ -15,9 +15,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 from plotly.subplots import make_subplots  # noqa: E402
 
+from autoprune.records import Kind  # noqa: E402
 from autoprune.results import Run  # noqa: E402
 
-STYLES = {  # kind -> (label, colour, marker)
+STYLES: dict[Kind, tuple[str, str, str]] = {  # kind -> (label, colour, marker)
     "search": ("searched", "#1f77b4", "o"),
     "uniform": ("uniform baseline", "#ff7f0e", "s"),
     "layer-uniform": ("layer-uniform baseline", "#2ca02c", "^"),

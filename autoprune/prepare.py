@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +20,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from autoprune.data import TaskData, load_task
+from autoprune.data import Encoded, TaskData, load_task
 from autoprune.importance import importance
 from autoprune.measure import Size, measure
 from autoprune.models import load_model
+from autoprune.rundir import write_atomically
 from autoprune.scores import Scores
 from autoprune.serialize import load_pruned, save_pruned
 from autoprune.spec import StudyError, StudySpec
@@ -70,7 +70,7 @@ class Prepared:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     task: TaskData
-    retrain_data: Any
+    retrain_data: Encoded
     teacher_logits: torch.Tensor
     scores: Scores
     dense: DenseRecord
@@ -111,16 +111,6 @@ def _check_fingerprint(directory: Path, spec: StudySpec) -> None:
         )
 
 
-def _cached_dir(path: Path, build: Any) -> None:
-    """Build a directory at ``path`` through a temporary sibling, so a kill leaves no half."""
-    if path.is_dir():
-        return
-    partial = path.with_name(path.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    build(partial)
-    partial.rename(path)
-
-
 def _cached_tensor(path: Path, compute: Any) -> torch.Tensor:
     if path.is_file():
         return load_file(str(path))["tensor"]
@@ -156,7 +146,7 @@ def prepare(spec: StudySpec, directory: Path, device: torch.device) -> Prepared:
             task.save(partial)
             (partial / "labels.json").write_text(json.dumps(task.label_names))
 
-        _cached_dir(data_dir, write_data)
+        write_atomically(data_dir, write_data)
     log.info(
         "data: %d search, %d test, %d pool examples; %d labels",
         len(task.search),
@@ -179,7 +169,7 @@ def prepare(spec: StudySpec, directory: Path, device: torch.device) -> Prepared:
             recipe = Recipe(steps=ft.steps, batch_size=ft.batch_size, lr=ft.lr, seed=ft.seed)
             train(model, pool, recipe, desc="fine-tune")
         model.cpu()
-        _cached_dir(dense_dir, lambda partial: save_pruned(model, partial, tokenizer))
+        write_atomically(dense_dir, lambda partial: save_pruned(model, partial, tokenizer))
     model.eval()
 
     samples = spec.retrain.samples

@@ -121,8 +121,8 @@ class PruneConfig:
             raise PruneConfigError(
                 f"{source}: unknown key(s) {unknown}; allowed: heads, ffn, sparsity"
             )
-        for key in ("heads", "ffn"):
-            if not isinstance(data.get(key), list):
+        for key in ("heads", "ffn", "sparsity"):
+            if not isinstance(data.get(key), list) and not (key == "sparsity" and key not in data):
                 raise PruneConfigError(f"{source}: key {key!r} must be a list, one entry per layer")
         try:
             return cls(data["heads"], data["ffn"], data.get("sparsity"))
@@ -149,10 +149,6 @@ class PruneConfig:
         if not path.is_file():
             raise FileNotFoundError(f"prune config not found: {path}")
         return cls.from_json(path.read_text(), source=str(path))
-
-    def ratios(self, arch: Architecture) -> tuple[float, float]:
-        """Fractions of the heads and of the feed-forward neurons kept, over all layers."""
-        return sum(self.heads) / sum(arch.heads), sum(self.ffn) / sum(arch.ffn)
 
 
 def _top(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -9,16 +9,19 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import optuna
 import pandas as pd
 from optuna.trial import TrialState
 
+from autoprune.measure import SizeUnit
 from autoprune.pareto import hypervolume, nondominated
 from autoprune.prepare import DenseRecord
-from autoprune.records import KIND, status_of
+from autoprune.records import KIND, Kind, status_of
 from autoprune.rundir import BASELINE, SEARCH, RunDir, open_storage, open_study
 from autoprune.spec import StudySpec
+from autoprune.trial import SIZE_UNITS
 
 Split = Literal["search", "test"]
 TableFormat = Literal["table", "csv", "json"]
@@ -47,15 +50,15 @@ class Run:
         return self.spec.data.metric
 
     @property
-    def size_unit(self) -> str:
+    def size_unit(self) -> SizeUnit:
         return self.spec.objectives.size
 
-    def complete(self, kind: str = "search") -> pd.DataFrame:
+    def complete(self, kind: Kind = "search") -> pd.DataFrame:
         """Complete trials of ``kind`` (``search``, ``uniform``, ``layer-uniform``)."""
         rows = self.trials[(self.trials["kind"] == kind) & (self.trials["status"] == "complete")]
         return rows.copy()
 
-    def front(self, kind: str = "search") -> pd.DataFrame:
+    def front(self, kind: Kind = "search") -> pd.DataFrame:
         """The Pareto front of ``kind``'s complete trials on (search metric, size), by size."""
         rows = self.complete(kind)
         if rows.empty:
@@ -63,21 +66,43 @@ class Run:
         points = list(zip(rows["metric_search"], rows["size"], strict=True))
         return rows[nondominated(points)].sort_values(["size", "metric_search"])
 
-    def hypervolume(self, kind: str = "search", split: Split = "search") -> float:
+    def hypervolume(self, kind: Kind = "search", split: Split = "search") -> float:
         """Hypervolume of ``kind``'s front (chosen on search) with its ``split`` metrics,
         against the reference (chance level, size 1.0)."""
         front = self.front(kind)
         points = list(zip(front[f"metric_{split}"], front["size"], strict=True))
         return hypervolume(points, (self.chance, 1.0))
 
-    def best_under(self, max_size: float, kind: str = "search") -> pd.Series | None:
+    def best_under(self, max_size: float, kind: Kind = "search") -> pd.Series | None:
         """The front trial with the highest search metric at size <= ``max_size``."""
         front = self.front(kind)
         fitting = front[front["size"] <= max_size]
         return None if fitting.empty else fitting.sort_values("metric_search").iloc[-1]
 
 
-def _rows(study, which: str, size_unit: str) -> list[dict]:
+COLUMNS = [
+    "study",
+    "trial",
+    "kind",
+    "status",
+    "metric_search",
+    "metric_test",
+    "metric_search_before",
+    "size",
+    *(f"ratio_{unit}" for unit in SIZE_UNITS),
+    "params",
+    "macs",
+    "heads",
+    "ffn",
+    "sparsity",
+    "retrain_steps",
+    "seconds",
+    "failure",
+]
+
+
+def _rows(study: optuna.Study, which: str, size_unit: SizeUnit) -> list[dict[str, Any]]:
+    """One row per trial of ``study`` (``which`` is ``search`` or ``baseline``)."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
         attrs = trial.user_attrs
@@ -93,7 +118,7 @@ def _rows(study, which: str, size_unit: str) -> list[dict]:
                 "metric_test": attrs.get("metric_test"),
                 "metric_search_before": attrs.get("metric_search_before"),
                 "size": attrs.get(f"ratio_{size_unit}"),
-                **{key: value for key, value in attrs.items() if key.startswith("ratio_")},
+                **{f"ratio_{unit}": attrs.get(f"ratio_{unit}") for unit in SIZE_UNITS},
                 "params": (attrs.get("size") or {}).get("params"),
                 "macs": (attrs.get("size") or {}).get("macs"),
                 "heads": config.get("heads"),
@@ -119,7 +144,7 @@ def load_run(path: str | Path) -> Run:
     rows = _rows(search, SEARCH, spec.objectives.size) + _rows(
         baseline, BASELINE, spec.objectives.size
     )
-    trials = pd.DataFrame(rows)
+    trials = pd.DataFrame(rows, columns=COLUMNS)
     return Run(
         path=run.path,
         spec=spec,
@@ -129,7 +154,7 @@ def load_run(path: str | Path) -> Run:
     )
 
 
-def front_table(run: Run, kind: str = "search") -> pd.DataFrame:
+def front_table(run: Run, kind: Kind = "search") -> pd.DataFrame:
     """The front as a table: size ratios, parameters, MACs, metrics on both splits, drops."""
     front = run.front(kind)
     table = pd.DataFrame(
@@ -160,7 +185,8 @@ def summary(run: Run) -> dict:
         "size_unit": run.size_unit,
         "reference": {"metric": run.chance, "size": 1.0},
     }
-    for kind in ("search", "uniform", "layer-uniform"):
+    kinds: tuple[Kind, ...] = ("search", "uniform", "layer-uniform")
+    for kind in kinds:
         if run.complete(kind).empty:
             continue
         result[kind] = {
@@ -172,7 +198,7 @@ def summary(run: Run) -> dict:
     return result
 
 
-def render(run: Run, fmt: TableFormat = "table", kind: str = "search") -> str:
+def render(run: Run, fmt: TableFormat = "table", kind: Kind = "search") -> str:
     """The front of ``kind`` and the run's summary, as text, CSV or JSON."""
     table = front_table(run, kind)
     info = summary(run)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -120,6 +122,16 @@ class RunLock:
         if self._handle is not None:
             fcntl.flock(self._handle, fcntl.LOCK_UN)
             self._handle.close()
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Have ``write(directory)`` fill a temporary sibling of ``path``, then rename it into
+    place, so that a process killed mid-write leaves no half-written ``path``."""
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    write(partial)
+    shutil.rmtree(path, ignore_errors=True)
+    partial.rename(path)
 
 
 def log_to_run(run: RunDir, name: str) -> logging.Handler:

@@ -28,7 +28,12 @@ WEIGHTS_FILE = "model.safetensors"
 def is_pruned_dir(directory: str | Path) -> bool:
     """Whether ``directory`` holds a model written by :func:`save_pruned`."""
     config = Path(directory) / "config.json"
-    return config.is_file() and CONFIG_KEY in json.loads(config.read_text())
+    if not config.is_file():
+        return False
+    try:
+        return CONFIG_KEY in json.loads(config.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config}: not valid JSON ({error})") from None
 
 
 def save_pruned(

@@ -123,9 +123,15 @@ class BaselineSpec(_Section):
 
 
 class BackendSpec(_Section):
+    """Where trials run: ``local`` (this process) or ``ray`` (Ray Tune, local or a cluster)."""
+
     name: BackendName = "local"
     address: str | None = Field(default=None, description="Ray cluster address (ray backend)")
-    cpus_per_trial: float = Field(default=1, gt=0)
+    cpus_per_trial: float | None = Field(
+        default=None,
+        gt=0,
+        description="CPUs (and torch threads) per trial; default: all (local), 1 (ray)",
+    )
     gpus_per_trial: float = Field(default=0, ge=0)
     concurrent_trials: int = Field(default=1, ge=1)
     max_retries: int = Field(default=1, ge=0, description="retries of a trial whose worker died")
@@ -134,6 +140,19 @@ class BackendSpec(_Section):
         description="where Ray Tune keeps trial results and checkpoints (default: RUN/ray); "
         "on a multi-node cluster, storage every node reaches (an NFS path, s3://...)",
     )
+
+    @model_validator(mode="after")
+    def _ray_settings_need_ray(self) -> BackendSpec:
+        if self.name == "local":
+            for key in ("address", "storage_path"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} is a Ray setting; set name: ray to use it")
+            if self.concurrent_trials > 1 or self.gpus_per_trial > 0:
+                raise ValueError(
+                    "concurrent_trials and gpus_per_trial are Ray settings; set name: ray "
+                    "(the local backend runs one trial at a time on the study's device)"
+                )
+        return self
 
 
 class StudySpec(_Section):
@@ -271,7 +290,9 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
         section = data
         *parents, last = dotted.split(".")
         for part in parents:
-            section = section.setdefault(part, {})
+            if not isinstance(section.get(part), dict):
+                section[part] = {}  # absent or null in the file: the override creates it
+            section = section[part]
         section[last] = value
     try:
         spec = StudySpec.model_validate(data)

@@ -1,8 +1,9 @@
-"""A search, end to end: open the run, prepare once, run trials on a backend, record them.
+"""An open run: its study, prepared work, search space and Optuna studies, and the running
+and recording of trials in this process (search trials and baselines).
 
-:func:`run_search` is what ``autoprune search`` calls. Running it again on the same run
-directory resumes: finished trials are kept, prepared work is read back, the count goes on
-to the budget. :func:`run_baseline` trains uniform configurations into the same run.
+:func:`open_session` opens or creates a run; :func:`evaluate_and_record` runs one trial and
+writes it to the Optuna study; :func:`run_baseline_configs` trains baselines into the run.
+``autoprune.search.run_search`` puts these together with a backend.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution
@@ -21,6 +21,7 @@ from optuna.distributions import BaseDistribution
 from autoprune.arch import describe
 from autoprune.controllers import make_sampler
 from autoprune.early_stopping import should_continue
+from autoprune.measure import SizeModel
 from autoprune.metrics import chance_level
 from autoprune.prepare import Prepared, pick_device, prepare
 from autoprune.prune import PruneConfig
@@ -37,11 +38,11 @@ from autoprune.records import (
     tell_not_complete,
     tell_stopped,
 )
-from autoprune.rundir import BASELINE, SEARCH, RunDir, RunLock, log_to_run, open_storage, open_study
+from autoprune.rundir import BASELINE, SEARCH, RunDir, open_storage, open_study, write_atomically
 from autoprune.serialize import save_pruned
-from autoprune.space import SearchSpace, load_space
+from autoprune.space import SearchSpace, SearchSpaceSpec, load_space
 from autoprune.spec import StudyError, StudySpec, load_study, save_study
-from autoprune.trial import OutsideSizeBand, TrialOutcome, TrialSettings, run_trial, size_check
+from autoprune.trial import OutsideSizeBand, TrialOutcome, TrialSettings, run_trial
 
 log = logging.getLogger("autoprune")
 
@@ -61,7 +62,12 @@ class Session:
     settings: TrialSettings
     search: optuna.Study
     baseline: optuna.Study
+    sizes: SizeModel
     started: float = field(default_factory=time.perf_counter)
+
+    def size_ratio(self, config: PruneConfig) -> float:
+        """The configuration's size in the study's unit, foreseen without building it."""
+        return self.sizes.size(config).ratio(self.sizes.dense, self.settings.size_unit)
 
     def propose(
         self, study: optuna.Study, distributions: dict[str, BaseDistribution]
@@ -74,14 +80,13 @@ class Session:
         for _ in range(MAX_OUTSIDE_BAND_IN_A_ROW):
             trial = study.ask(distributions)
             config = self.space.to_config(trial.params)
-            try:
-                size_check(self.prepared, config, self.settings)
-            except OutsideSizeBand as error:
-                tell_not_complete(
-                    study, trial, "outside_band", str(error), "search", {"config": config.to_dict()}
-                )
-                continue
-            return trial, config
+            ratio = self.size_ratio(config)
+            if self.settings.in_band(ratio):
+                return trial, config
+            error = OutsideSizeBand(ratio, self.settings.size_unit, self.settings.band)
+            tell_not_complete(
+                study, trial, "outside_band", str(error), "search", {"config": config.to_dict()}
+            )
         raise RuntimeError(
             f"the controller proposed {MAX_OUTSIDE_BAND_IN_A_ROW} configurations in a row "
             f"outside the size band; widen objectives.min_size/max_size or the search space"
@@ -98,7 +103,7 @@ class Session:
         which = SEARCH if study is self.search else BASELINE
         front = {t.number for t in front_trials(study)}
         if number in front:
-            write(self.run.checkpoint(which, number))
+            write_atomically(self.run.checkpoint(which, number), write)
         for path in self.run.checkpoints.glob(f"{which}_*"):
             if int(path.name.rsplit("_", 1)[1]) not in front:
                 shutil.rmtree(path, ignore_errors=True)
@@ -132,53 +137,75 @@ def _check_band_is_reachable(session: Session) -> None:
     settings = session.settings
     if settings.min_size is None and settings.max_size is None:
         return
-    sizes = []
-    for config in session.space.extremes():
-        try:
-            _, ratios, _ = size_check(session.prepared, config, settings)
-            sizes.append(ratios[settings.size_unit])
-        except OutsideSizeBand as error:
-            sizes.append(error.ratio)
-    smallest, largest = min(sizes), max(sizes)
-    low = settings.min_size if settings.min_size is not None else 0.0
-    high = settings.max_size if settings.max_size is not None else 1.0
-    if largest < low or smallest > high:
+    smallest, largest = sorted(session.size_ratio(c) for c in session.space.extremes())
+    low, high = settings.band
+    if largest < (low or 0.0) or smallest > (high if high is not None else 1.0):
         raise StudyError(
             f"objectives.min_size/max_size: no configuration fits the size band "
-            f"[{low:g}, {high:g}] ({settings.size_unit}): the search space "
-            f"{session.spec.search_space.name} spans sizes {smallest:.3f} to {largest:.3f}"
+            f"[{low or 0:g}, {1 if high is None else high:g}] ({settings.size_unit}): the search "
+            f"space {session.spec.search_space.name} spans sizes {smallest:.3f} to {largest:.3f}"
         )
 
 
-def open_session(spec: StudySpec, run: RunDir) -> Session:
-    """Open (or create) the run: save the study, prepare, open both Optuna studies."""
-    run.path.mkdir(parents=True, exist_ok=True)
-    space_spec = load_space(spec.search_space)
-    if run.study_file.is_file():
-        previous = load_study(run.study_file)
-        if previous.name != spec.name:
+def _search_space(spec: StudySpec, run: RunDir, read_only: bool) -> SearchSpaceSpec:
+    """The run's own copy of its search space; a new run copies the study's."""
+    if not run.space_file.is_file():
+        if read_only:
+            raise StudyError(f"{run.path} has no search_space.yaml: not a run directory")
+        space = load_space(spec.search_space)
+        shutil.copyfile(spec.search_space, run.space_file)
+        return space
+    space = load_space(run.space_file)
+    if not read_only and spec.search_space.is_file() and load_space(spec.search_space) != space:
+        raise StudyError(
+            f"search_space: {spec.search_space} differs from the space {run.path} was started "
+            f"with ({run.space_file}); start a new run directory (--out) to search another space"
+        )
+    return space
+
+
+def open_session(spec: StudySpec, run: RunDir, read_only: bool = False) -> Session:
+    """Open the run (creating it unless ``read_only``): prepare, open both Optuna studies.
+
+    Read-only, nothing in the run is written (unless prepared work is missing) and the size
+    band is not re-checked: for export and for reading a finished run.
+    """
+    if not read_only:
+        run.path.mkdir(parents=True, exist_ok=True)
+        if run.study_file.is_file() and load_study(run.study_file).name != spec.name:
             raise StudyError(
-                f"{run.path} holds study {previous.name!r}, not {spec.name!r}; use another --out"
+                f"{run.path} holds study {load_study(run.study_file).name!r}, not "
+                f"{spec.name!r}; use another --out"
             )
     device = pick_device(spec.device)
     prepared = prepare(spec, run.prepared, device)  # refuses a run prepared differently
-    save_study(spec, run.study_file)
-    shutil.copyfile(spec.search_space, run.space_file)
-    space = SearchSpace(space_spec, describe(prepared.model))
+    space = SearchSpace(_search_space(spec, run, read_only), describe(prepared.model))
+    if not read_only:
+        save_study(spec, run.study_file)
     storage = open_storage(run.storage_url(spec))
-    budget = spec.budget.trials
-    sampler = make_sampler(spec.controller.name, spec.controller.seed, budget)
-    search = open_study(spec, storage, SEARCH, sampler)
+    search = open_study(spec, storage, SEARCH, None)
+    # A resumed search seeds its controller anew, or it would propose its first trials again.
+    seed = spec.controller.seed + 1_000_003 * len(search.trials)
+    search.sampler = make_sampler(spec.controller.name, seed, spec.budget.trials)
     baseline = open_study(spec, storage, BASELINE, None)
-    for study in (search, baseline):
-        study.set_user_attr("dense", prepared.dense.to_dict())
-        study.set_user_attr("metric", spec.data.metric)
-        study.set_user_attr("size_unit", spec.objectives.size)
-        study.set_user_attr("chance", chance_level(spec.data.metric, prepared.task.num_labels))
+    if not read_only:
+        for study in (search, baseline):
+            study.set_user_attr("dense", prepared.dense.to_dict())
+            study.set_user_attr("metric", spec.data.metric)
+            study.set_user_attr("size_unit", spec.objectives.size)
+            study.set_user_attr("chance", chance_level(spec.data.metric, prepared.task.num_labels))
     session = Session(
-        spec, run, prepared, space, TrialSettings.from_spec(spec, device), search, baseline
+        spec,
+        run,
+        prepared,
+        space,
+        TrialSettings.from_spec(spec, device),
+        search,
+        baseline,
+        SizeModel.of(prepared.model, prepared.dense.size),
     )
-    _check_band_is_reachable(session)
+    if not read_only:
+        _check_band_is_reachable(session)
     return session
 
 
@@ -235,54 +262,18 @@ def evaluate_and_record(
     return outcome
 
 
-def run_search(
-    study_file: str | Path,
-    out: str | Path | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> Session:
-    """Run (or resume) the search a study file describes; returns the open session.
-
-    ``study_file`` may also be a run directory, which resumes it with its saved study.
-    ``overrides`` set dotted keys of the study (``{"budget.trials": 40}``).
-    """
-    path = Path(study_file)
-    if path.is_dir():
-        run = RunDir(path)
-        spec = load_study(run.study_file, overrides)
-    else:
-        spec = load_study(path, overrides)
-        run = RunDir(Path(out) if out is not None else Path("runs") / spec.name)
-    with RunLock(run):
-        handler = log_to_run(run, "search")
-        try:
-            session = open_session(spec, run)
-            recover_interrupted(session.search)
-            if spec.backend.name == "ray":
-                from autoprune.backends.ray import run_trials
-            else:
-                from autoprune.backends.local import run_trials
-            run_trials(session)
-            if spec.baseline.ratios:
-                run_uniform_baseline(session, spec.baseline.ratios)
-        finally:
-            logging.getLogger("autoprune").removeHandler(handler)
-    return session
-
-
-def uniform_configs(session: Session, ratios: Sequence[float]) -> list[tuple[Kind, PruneConfig]]:
-    arch = describe(session.prepared.model)
-    return [("uniform", PruneConfig.uniform(arch, heads=r, ffn=r)) for r in ratios]
-
-
-def layer_uniform_configs(
-    session: Session, head_ratios: Sequence[float], ffn_ratios: Sequence[float]
+def baseline_configs(
+    session: Session,
+    uniform: Sequence[float] = (),
+    head_ratios: Sequence[float] = (),
+    ffn_ratios: Sequence[float] = (),
 ) -> list[tuple[Kind, PruneConfig]]:
+    """Uniform configurations (one keep ratio for heads and ffn in every layer), then the
+    layer-uniform grid (every pair of a head ratio and a feed-forward ratio)."""
     arch = describe(session.prepared.model)
-    return [
-        ("layer-uniform", PruneConfig.uniform(arch, heads=h, ffn=f))
-        for h in head_ratios
-        for f in ffn_ratios
-    ]
+    pairs: list[tuple[Kind, float, float]] = [("uniform", r, r) for r in uniform]
+    pairs += [("layer-uniform", h, f) for h in head_ratios for f in ffn_ratios]
+    return [(kind, PruneConfig.uniform(arch, heads=h, ffn=f)) for kind, h, f in pairs]
 
 
 def run_baseline_configs(session: Session, configs: Sequence[tuple[Kind, PruneConfig]]) -> None:
@@ -307,11 +298,7 @@ def run_baseline_configs(session: Session, configs: Sequence[tuple[Kind, PruneCo
         evaluate_and_record(session, session.baseline, trial, config, kind)
 
 
-def run_uniform_baseline(session: Session, ratios: Sequence[float]) -> None:
-    run_baseline_configs(session, uniform_configs(session, ratios))
-
-
-def open_run(run_dir: str | Path) -> Session:
-    """Reopen an existing run (for the baseline, export's re-runs)."""
+def open_run(run_dir: str | Path, read_only: bool = True) -> Session:
+    """Reopen an existing run directory with its own saved study."""
     run = RunDir(Path(run_dir))
-    return open_session(run.load_spec(), run)
+    return open_session(run.load_spec(), run, read_only)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ from autoprune.prune import PruneConfig, prune
 from autoprune.spec import RetrainSpec, StudySpec
 from autoprune.train import Recipe, evaluate, train
 
-SIZE_UNITS: tuple[SizeUnit, ...] = ("params", "prunable", "nonzero", "bytes", "macs")
+SIZE_UNITS: tuple[SizeUnit, ...] = get_args(SizeUnit)
 
 
 class OutsideSizeBand(Exception):
@@ -58,6 +58,10 @@ class TrialSettings:
             device=str(device),
             rungs=tuple(spec.early_stopping.rungs),
         )
+
+    @property
+    def band(self) -> tuple[float | None, float | None]:
+        return self.min_size, self.max_size
 
     def in_band(self, ratio: float) -> bool:
         low_ok = self.min_size is None or ratio >= self.min_size
@@ -115,7 +119,7 @@ class TrialOutcome:
         return attrs
 
 
-def size_check(
+def _prune_within_band(
     prepared: Prepared, config: PruneConfig, settings: TrialSettings
 ) -> tuple[PreTrainedModel, dict[str, float], dict[str, int]]:
     """Prune and measure; raise :class:`OutsideSizeBand` before any training is spent."""
@@ -123,9 +127,7 @@ def size_check(
     size = measure(model, settings.seq_len)
     ratios: dict[str, float] = {u: size.ratio(prepared.dense.size, u) for u in SIZE_UNITS}
     if not settings.in_band(ratios[settings.size_unit]):
-        raise OutsideSizeBand(
-            ratios[settings.size_unit], settings.size_unit, (settings.min_size, settings.max_size)
-        )
+        raise OutsideSizeBand(ratios[settings.size_unit], settings.size_unit, settings.band)
     return model, ratios, size.to_dict()
 
 
@@ -142,7 +144,7 @@ def run_trial(
     stops is not evaluated on the test split. Returns the outcome and the model (CPU).
     """
     started = time.perf_counter()
-    model, ratios, size = size_check(prepared, config, settings)
+    model, ratios, size = _prune_within_band(prepared, config, settings)
     pruned_at = time.perf_counter()
     device = torch.device(settings.device)
     nn.Module.to(model, device)

@@ -35,14 +35,9 @@ import optuna  # noqa: E402
 
 from autoprune.results import Run, load_run  # noqa: E402
 from autoprune.rundir import RunDir, RunLock  # noqa: E402
+from autoprune.search import run_search  # noqa: E402
 from autoprune.spec import load_study  # noqa: E402
-from autoprune.study import (  # noqa: E402
-    layer_uniform_configs,
-    open_session,
-    run_baseline_configs,
-    run_search,
-    uniform_configs,
-)
+from autoprune.study import baseline_configs, open_session, run_baseline_configs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -91,7 +86,7 @@ def baseline_run(root: Path, task: str, mode: str, seed: int, overrides: dict[st
     run = RunDir(out)
     with RunLock(run):
         session = open_session(spec, run)
-        configs = uniform_configs(session, UNIFORM) + layer_uniform_configs(session, GRID, GRID)
+        configs = baseline_configs(session, UNIFORM, GRID, GRID)
         run_baseline_configs(session, configs)
     return load_run(out)
 

@@ -64,16 +64,25 @@ def test_same_seed_same_proposals(name: str) -> None:
 
 @pytest.mark.parametrize("name", CONTROLLERS)
 def test_controller_pickles_mid_study(name: str) -> None:
-    sampler = make_sampler(name, seed=1, budget=40)
-    study = run(sampler, trials=10)
-    study.sampler = pickle.loads(pickle.dumps(study.sampler))
-    trial = study.ask(SPACE)
-    assert set(trial.params) == set(SPACE)
+    """An unpickled controller proposes what the original would, on a copy of the history."""
+    study = run(make_sampler(name, seed=1, budget=40), trials=10)
+    twin_storage = optuna.storages.InMemoryStorage()
+    optuna.copy_study(
+        from_study_name=study.study_name,
+        from_storage=study._storage,
+        to_storage=twin_storage,
+        to_study_name="twin",
+    )
+    twin = optuna.load_study(
+        study_name="twin", storage=twin_storage, sampler=pickle.loads(pickle.dumps(study.sampler))
+    )
+    assert study.ask(SPACE).params == twin.ask(SPACE).params
 
 
 def test_rl_state_lives_in_storage() -> None:
-    """Two fresh RL samplers with one seed, on one study's history, propose the same."""
-    study = run(PolicyGradientSampler(seed=0), trials=30)
+    """Two fresh RL samplers with one seed, on one study's history, propose the same; on an
+    empty study the same seed proposes otherwise: the history, not the instance, steers it."""
+    study = run(PolicyGradientSampler(seed=0), trials=40)
     proposals = []
     for _ in range(2):
         study.sampler = PolicyGradientSampler(seed=7)
@@ -81,6 +90,10 @@ def test_rl_state_lives_in_storage() -> None:
         proposals.append(trial.params)
         study.tell(trial, state=optuna.trial.TrialState.FAIL)
     assert proposals[0] == proposals[1]
+    fresh = optuna.create_study(
+        directions=["maximize", "minimize"], sampler=PolicyGradientSampler(seed=7)
+    )
+    assert fresh.ask(SPACE).params != proposals[0]
 
 
 def test_rl_rejects_bad_settings() -> None:
@@ -88,6 +101,8 @@ def test_rl_rejects_bad_settings() -> None:
         PolicyGradientSampler(learning_rate=0)
     with pytest.raises(ValueError, match="epsilon"):
         PolicyGradientSampler(epsilon=1.0)
+    with pytest.raises(ValueError, match="sigma"):
+        PolicyGradientSampler(sigma=0.0)
 
 
 def test_unknown_controller() -> None:

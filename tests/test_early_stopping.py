@@ -17,7 +17,7 @@ from autoprune.early_stopping import (
 )
 from autoprune.records import count_spent
 from autoprune.results import load_run
-from autoprune.study import run_search
+from autoprune.search import run_search
 
 
 def test_ranks_and_crowding() -> None:

@@ -9,6 +9,7 @@ from conftest import FAMILIES, logits, tiny_batch, tiny_model
 import autoprune
 from autoprune import PruneConfig, PruneConfigError
 from autoprune.gates import gated
+from autoprune.measure import SizeModel
 from autoprune.sparsity import MaskedLinear
 
 ATOL = 1e-5
@@ -164,6 +165,23 @@ def test_lowest_scored_weights_are_the_ones_zeroed() -> None:
     assert dropped.max() <= kept.min()
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_size_model_foresees_the_measured_size(family: str) -> None:
+    model, batch = tiny_model(family), tiny_batch()
+    with torch.no_grad():  # no weight or bias exactly zero, so non-zeros are foreseeable
+        for parameter in model.parameters():
+            parameter.add_(torch.rand_like(parameter) * 0.01 + 0.01)
+    scores = autoprune.importance(model, [batch], "random")
+    sizes = SizeModel.of(model, autoprune.measure(model, 16))
+    for config in (
+        PruneConfig(heads=[0, 2, 4], ffn=[48, 0, 10]),
+        PruneConfig(heads=[1, 4, 3], ffn=[5, 17, 48], sparsity=[0.5, 0.0, 0.9]),
+        PruneConfig(heads=[4, 4, 4], ffn=[48, 48, 48]),
+    ):
+        measured = autoprune.measure(autoprune.prune(model, config, scores), 16)
+        assert sizes.size(config) == measured
+
+
 def test_measure_counts_macs_and_sizes() -> None:
     model = tiny_model("bert")
     size = autoprune.measure(model, seq_len=16)
@@ -192,7 +210,9 @@ def test_importance_methods_give_one_score_per_unit(method: str, tmp_path) -> No
 
 
 def test_fisher_scores_are_per_example_squares() -> None:
-    """Fisher sums squared per-example gradients: two copies of one example score as two."""
+    """Fisher sums squared per-example gradients (then averages over examples): a batch of two
+    copies of one example scores as that example alone. Squaring the batch's summed gradient
+    instead would score it twice as high."""
     model = tiny_model("bert")
     single = tiny_batch(batch_size=1)
     double = {k: v.repeat(2, *([1] * (v.dim() - 1))) for k, v in single.items()}
@@ -247,7 +267,9 @@ def test_missing_directory_is_a_clear_error(tmp_path) -> None:
 
 
 def test_offline_hub_id_is_a_clear_error(monkeypatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as HF_HUB_OFFLINE=1
     with pytest.raises(autoprune.ModelNotFoundError, match="local copy"):
         autoprune.load_model("autoprune-tests/no-such-model")
 

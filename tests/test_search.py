@@ -16,8 +16,8 @@ from autoprune import cli
 from autoprune.records import count_spent
 from autoprune.results import load_run
 from autoprune.rundir import SEARCH, RunDir, open_storage, open_study
+from autoprune.search import run_search
 from autoprune.spec import StudyError, load_study
-from autoprune.study import run_search
 
 
 def test_search_records_every_trial_and_the_dense_model(run_dir: Path) -> None:
@@ -48,8 +48,8 @@ def test_resume_continues_to_the_budget_and_skips_interrupted(
     assert count_spent(study) == 3
     statuses = [t.user_attrs.get("status") for t in study.trials]
     assert statuses.count("interrupted") == 1
-    numbers = [t.number for t in study.trials]
-    assert len(numbers) == len(set(numbers))
+    configs = [str(t.params) for t in study.trials if t.user_attrs.get("status") == "complete"]
+    assert len(configs) == len(set(configs))  # the resumed controller proposes anew
     assert {p: p.stat().st_mtime for p in prepared_files} == mtimes  # nothing recomputed
 
 
@@ -135,6 +135,13 @@ def test_size_band_that_nothing_fits(run_dir: Path, study_file: Path, tmp_path: 
     assert not (out / "checkpoints").exists()
 
 
+def test_resume_with_another_search_space_is_refused(run_dir: Path, study_file: Path) -> None:
+    with pytest.raises(StudyError, match=r"search_space: .*heads.yaml differs from the space"):
+        run_search(
+            study_file, run_dir, {"search_space": str(REPO / "search_spaces" / "heads.yaml")}
+        )
+
+
 def test_run_prepared_for_another_study_is_refused(run_dir: Path, study_file: Path) -> None:
     before = (run_dir / "study.yaml").read_text()
     with pytest.raises(StudyError, match=r"prepared with a different study: finetune.steps"):
@@ -142,7 +149,7 @@ def test_run_prepared_for_another_study_is_refused(run_dir: Path, study_file: Pa
     assert (run_dir / "study.yaml").read_text() == before
 
 
-def test_nan_loss_fails_the_trial_with_its_reason() -> None:
+def test_nan_loss_raises_training_diverged() -> None:
     from conftest import tiny_batch, tiny_model
 
     from autoprune.data import Encoded

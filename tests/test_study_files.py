@@ -63,6 +63,10 @@ def test_bad_choice_names_the_allowed_values(tmp_path: Path) -> None:
         ("data", {"metric": "auc"}, r"key 'data.metric'.*'matthews'"),
         ("data", {"hub": {"dataset": "glue"}}, r"either local files .* or hub"),
         ("baseline", {"ratios": [0.5, 1.5]}, r"ratios must be in \[0, 1\]"),
+        ("backend", {"concurrent_trials": 2}, r"are Ray settings; set name: ray"),
+        ("backend", {"name": "slurm"}, r"key 'backend.name'.*'local'.*'ray'"),
+        ("early_stopping", {"rungs": [50, 20]}, r"rungs must be increasing positive steps"),
+        ("early_stopping", {"rungs": [20, 100]}, r"rungs \[100\] must be below retrain.steps"),
     ],
 )
 def test_bad_values(tmp_path: Path, section: str, values: dict, pattern: str) -> None:

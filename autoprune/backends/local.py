@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import time
 
+import torch
+
 from autoprune.records import count_spent
 from autoprune.study import Session, evaluate_and_record
 
@@ -15,9 +17,13 @@ def run_trials(session: Session) -> None:
     """Ask the controller for configurations and run them until the budget is spent.
 
     The budget is ``budget.trials`` trials in all (those of earlier invocations count) and
-    ``budget.wall_time`` seconds for this invocation.
+    ``budget.wall_time`` seconds for this invocation. ``backend.cpus_per_trial``, when set,
+    is the number of torch threads.
     """
     budget = session.spec.budget
+    cpus = session.spec.backend.cpus_per_trial
+    if cpus is not None:
+        torch.set_num_threads(max(1, int(cpus)))
     started = time.perf_counter()
     distributions = session.space.distributions()
     while True:

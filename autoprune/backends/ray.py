@@ -38,6 +38,7 @@ from autoprune.records import (
     RUNGS,
     count_spent,
     record_rung,
+    recover_interrupted,
     rung_points,
     set_attrs,
     tell_complete,
@@ -75,7 +76,13 @@ def run_trial_on_worker(
     except Exception as error:  # recorded as failed; OutsideSizeBand included
         status = "outside_band" if isinstance(error, OutsideSizeBand) else "failed"
         tune.report(
-            {"stage": "final", "status": status, "failure": f"{type(error).__name__}: {error}"}
+            {
+                "stage": "final",
+                "status": status,
+                "failure": f"{type(error).__name__}: {error}",
+                METRIC: float("nan"),  # Tune requires the searcher's metrics in every result
+                SIZE: float("nan"),
+            }
         )
         return
     final = {
@@ -272,15 +279,16 @@ def run_trials(session: Session) -> None:
     try:
         searcher = StudySearcher(session)
         device = "cuda" if backend.gpus_per_trial > 0 else "cpu"
+        cpus = backend.cpus_per_trial or 1
         settings = dataclasses.replace(session.settings, device=device)
         trainable = tune.with_resources(
             tune.with_parameters(
                 run_trial_on_worker,
                 prepared=session.prepared,
                 settings=settings,
-                threads=max(1, int(backend.cpus_per_trial)),
+                threads=max(1, int(cpus)),
             ),
-            {"cpu": backend.cpus_per_trial, "gpu": backend.gpus_per_trial},
+            {"cpu": cpus, "gpu": backend.gpus_per_trial},
         )
         scheduler = RungScheduler(session) if spec.early_stopping.rungs else None
         tuner = tune.Tuner(
@@ -306,10 +314,12 @@ def run_trials(session: Session) -> None:
             "ray: %d trial(s) to run, %d at a time, %g CPU and %g GPU each",
             remaining,
             backend.concurrent_trials,
-            backend.cpus_per_trial,
+            cpus,
             backend.gpus_per_trial,
         )
         tuner.fit()
+        # A wall-time budget ends trials without telling the searcher: not lost, interrupted.
+        recover_interrupted(session.search)
     finally:
         if started_here:
             ray.shutdown()

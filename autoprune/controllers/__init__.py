@@ -9,6 +9,7 @@ sampler, so it runs the same in process and under Ray Tune's ``OptunaSearch``.
 from __future__ import annotations
 
 import warnings
+from typing import get_args
 
 import optuna
 from optuna.samplers import (
@@ -23,7 +24,7 @@ from optuna.samplers import (
 from autoprune.controllers.rl import PolicyGradientSampler
 from autoprune.spec import ControllerName
 
-CONTROLLERS: tuple[ControllerName, ...] = ("tpe", "gp", "nsga2", "nsga3", "rl", "random")
+CONTROLLERS: tuple[ControllerName, ...] = get_args(ControllerName)
 
 
 def population_size(budget: int | None) -> int:

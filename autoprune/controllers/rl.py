@@ -1,9 +1,10 @@
 """A reinforcement-learning controller, written as an Optuna sampler.
 
-The policy is a factorized categorical distribution over every decision of the search space
-(as the controllers of AMC, He et al. 2018, and of NAS with reinforcement learning, Zoph &
-Le 2017, choose one action per layer), conditioned on a preference vector drawn afresh for
-each trial (an "episode"): the logits of decision ``d`` are ``A_d @ weights``. The reward is
+The policy is factorized over the decisions of the search space, one action per decision (as
+the controllers of AMC, He et al. 2018, and of NAS with reinforcement learning, Zoph & Le
+2017, choose one action per layer), and conditioned on a preference vector drawn afresh for
+each trial (an "episode"): decision ``d`` is a Gaussian over its range, with mean
+``sigmoid(theta_d @ weights)``, as AMC's continuous action per layer. The reward is
 the augmented Chebyshev scalarization of the trial's normalized objectives under that
 preference, so trials with different preferences aim at different parts of the Pareto front
 (as in MOEA/D, Zhang & Li 2007). The policy is trained by REINFORCE (Williams 1992) with a
@@ -74,9 +75,9 @@ class _Policy:
     """Per decision, a Gaussian over the decision's range [0, 1]; trained by replayed REINFORCE.
 
     The mean of decision ``d`` is ``sigmoid(theta_d @ weights)``, so the preference moves it;
-    a sample is clipped to [0, 1] and rounded to the nearest action. Ordered actions
-    (integers, stepped floats) share what is learned about their neighbours, as in AMC's
-    continuous action per layer. Categorical decisions use a softmax over ``A_d @ weights``.
+    a sample is clipped to [0, 1] and rounded to the nearest action, so neighbouring actions
+    share what is learned. Integer and stepped-float decisions are ordered by nature;
+    categorical choices are taken in the order the search space lists them.
     """
 
     def __init__(self, n_objectives: int, sigma: float) -> None:
@@ -116,6 +117,7 @@ class PolicyGradientSampler(BaseSampler):
         epsilon: Share of uniform exploration mixed into every decision's distribution.
         baseline_width: Width of the preference kernel that forms each trial's baseline.
         augmentation: Weight of the sum term in the augmented Chebyshev reward.
+        sigma: Standard deviation of every decision's Gaussian, on its range scaled to [0, 1].
     """
 
     def __init__(
@@ -134,6 +136,8 @@ class PolicyGradientSampler(BaseSampler):
             raise ValueError(f"epsilon must be in [0, 1), got {epsilon}")
         if baseline_width <= 0:
             raise ValueError(f"baseline_width must be positive, got {baseline_width}")
+        if sigma <= 0:
+            raise ValueError(f"sigma must be positive, got {sigma}")
         self._seed = seed
         self._learning_rate = learning_rate
         self._epsilon = epsilon
@@ -142,6 +146,7 @@ class PolicyGradientSampler(BaseSampler):
         self._sigma = sigma
         self._rng: np.random.RandomState | None = None
         self._replay: _Replay | None = None
+        self._current: tuple[int, _Policy] | None = None  # (trial id, its policy)
 
     # -- the BaseSampler interface ---------------------------------------------------------
 
@@ -178,8 +183,14 @@ class PolicyGradientSampler(BaseSampler):
         if rng.uniform() < self._epsilon:
             index = int(rng.randint(actions))
         else:
-            index = self._policy(study).sample(param_name, actions, weights, rng)
+            index = self._policy_for(study, trial).sample(param_name, actions, weights, rng)
         return _to_value(param_distribution, index)
+
+    def _policy_for(self, study: Study, trial: FrozenTrial) -> _Policy:
+        """The policy for ``trial``, brought up to date once per trial, not once per decision."""
+        if self._current is None or self._current[0] != trial._trial_id:
+            self._current = (trial._trial_id, self._policy(study))
+        return self._current[1]
 
     # -- learning from the study's history --------------------------------------------------
 

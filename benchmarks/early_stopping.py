@@ -1,0 +1,111 @@
+"""Early stopping at an equal wall-clock budget: the same search with and without it.
+
+MiniLM on SST-2 (``studies/bench_sst2.yaml``) with a longer retraining (``--retrain-steps``),
+the TPE controller and one seed, given the same number of seconds twice: once with every
+trial retrained to the end, once with multi-objective successive halving (rungs at a
+quarter and at half of the retraining, the best half continuing). Reported: trials
+evaluated (complete and stopped), the hypervolume reached (front chosen on the search
+split, read on both splits) and the best test accuracy at size <= 0.5.
+Writes ``benchmarks/results/early_stopping.{json,md}``.
+Run: ``python benchmarks/early_stopping.py`` (twice ``--seconds``, 20 minutes by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from autoprune.results import load_run
+from autoprune.search import run_search
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+STUDY = REPO / "studies" / "bench_sst2.yaml"
+
+log = logging.getLogger("autoprune")
+
+
+def one(name: str, overrides: dict[str, Any], root: Path, shared: Path) -> dict[str, Any]:
+    out = root / name
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "prepared").exists():
+        shared.mkdir(parents=True, exist_ok=True)
+        (out / "prepared").symlink_to(shared.resolve(), target_is_directory=True)
+    run_search(STUDY, out, overrides)
+    run = load_run(out)
+    search = run.trials[run.trials["study"] == "search"]
+    best = run.best_under(0.5)
+    return {
+        "complete": int((search["status"] == "complete").sum()),
+        "stopped": int((search["status"] == "stopped").sum()),
+        "hv_test": run.hypervolume("search", "test"),
+        "hv_search": run.hypervolume("search", "search"),
+        "best_test_at_0.5": None if best is None else float(best["metric_test"]),
+        "dense_test": run.dense.metric_test,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=600, help="wall-clock budget of each")
+    parser.add_argument("--retrain-steps", type=int, default=60)
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "runs" / "early_stopping"))
+    parser.add_argument(
+        "--prepared", default=str(REPO / "benchmarks" / "runs" / "sst2" / "prepared")
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    steps = args.retrain_steps
+    common = {
+        "controller.name": "tpe",
+        "controller.seed": 0,
+        "budget.trials": None,
+        "budget.wall_time": args.seconds,
+        "retrain.steps": steps,
+        "baseline.ratios": [],
+    }
+    rungs = [steps // 4, steps // 2]
+    rows = {
+        "without early stopping": one("without", common, Path(args.out), Path(args.prepared)),
+        "with early stopping": one(
+            "with",
+            {**common, "early_stopping": {"rungs": rungs, "keep": 0.5, "min_trials": 4}},
+            Path(args.out),
+            Path(args.prepared),
+        ),
+    }
+    report = {
+        "command": "python benchmarks/early_stopping.py",
+        "seconds": args.seconds,
+        "retrain_steps": steps,
+        "rungs": rungs,
+        "rows": rows,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "early_stopping.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        f"MiniLM on SST-2, TPE, {args.seconds:.0f} s of wall time each, {steps} retraining "
+        f"steps per full trial, rungs at steps {rungs} keeping the best half; one seed. "
+        f"`{report['command']}`.",
+        "",
+        "| | trials complete | trials stopped | HV test | HV search | best test @ size ≤ 0.5 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        best = row["best_test_at_0.5"]
+        lines.append(
+            f"| {name} | {row['complete']} | {row['stopped']} | {row['hv_test']:.4f} | "
+            f"{row['hv_search']:.4f} | {'—' if best is None else f'{best:.4f}'} |"
+        )
+    (RESULTS / "early_stopping.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""Throughput of the Ray backend against the local one, side by side in one run.
+
+The same study (MiniLM on SST-2, ``studies/bench_sst2.yaml``, retraining shortened) and the
+same configurations (the ``random`` controller, one seed, so every backend trains the very
+same trials) run four ways on this machine:
+
+- local, 1 thread: the local backend with one torch thread;
+- ray, 1 at a time: Ray Tune on a local Ray, one trial at a time with 1 CPU;
+- ray, 2 at a time: two concurrent trials with 1 CPU each;
+- local, 2 threads: the local backend using both cores for one trial.
+
+Reported: trials per hour, the mean time a trial spends inside its own work (prune,
+retrain, evaluate), and the overhead per trial: wall time per trial minus that, which for
+Ray includes starting Ray, shipping the prepared work and collecting checkpoints.
+Writes ``benchmarks/results/ray_throughput.{json,md}``.
+Run: ``python benchmarks/ray_throughput.py`` (about 15 minutes on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from autoprune.records import count_spent
+from autoprune.rundir import RunDir, RunLock
+from autoprune.spec import load_study
+from autoprune.study import open_session
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+STUDY = REPO / "studies" / "bench_sst2.yaml"
+SETUPS: dict[str, dict[str, Any]] = {
+    "local, 1 thread": {"backend.name": "local", "backend.cpus_per_trial": 1},
+    "ray, 1 at a time": {
+        "backend.name": "ray",
+        "backend.concurrent_trials": 1,
+        "backend.cpus_per_trial": 1,
+    },
+    "ray, 2 at a time": {
+        "backend.name": "ray",
+        "backend.concurrent_trials": 2,
+        "backend.cpus_per_trial": 1,
+    },
+    "local, 2 threads": {"backend.name": "local", "backend.cpus_per_trial": 2},
+}
+
+log = logging.getLogger("autoprune")
+
+
+def measure(name: str, overrides: dict[str, Any], root: Path, shared: Path) -> dict[str, Any]:
+    out = root / name.replace(", ", "-").replace(" ", "_")
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "prepared").exists():
+        shared.mkdir(parents=True, exist_ok=True)
+        (out / "prepared").symlink_to(shared.resolve(), target_is_directory=True)
+    spec = load_study(STUDY, overrides)
+    run = RunDir(out)
+    with RunLock(run):
+        session = open_session(spec, run)
+        if count_spent(session.search):
+            raise SystemExit(f"{out} already holds trials; remove it to measure again")
+        if spec.backend.name == "ray":
+            from autoprune.backends.ray import run_trials
+        else:
+            from autoprune.backends.local import run_trials
+        started = time.perf_counter()
+        run_trials(session)
+        wall = time.perf_counter() - started
+    trials = [t for t in session.search.trials if t.user_attrs.get("status") == "complete"]
+    inside = [t.user_attrs["seconds"]["total"] for t in trials]
+    result = {
+        "trials": len(trials),
+        "wall_s": wall,
+        "trials_per_hour": 3600 * len(trials) / wall,
+        "mean_trial_work_s": statistics.mean(inside),
+        "wall_per_trial_s": wall / len(trials),
+    }
+    concurrent = spec.backend.concurrent_trials
+    result["overhead_per_trial_s"] = wall * concurrent / len(trials) - result["mean_trial_work_s"]
+    log.info("%s: %s", name, json.dumps(result))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--retrain-steps", type=int, default=20)
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "runs" / "throughput"))
+    parser.add_argument(
+        "--prepared",
+        default=str(REPO / "benchmarks" / "runs" / "sst2" / "prepared"),
+        help="prepared work to share (made if absent)",
+    )
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    common = {
+        "controller.name": "random",
+        "controller.seed": 0,
+        "budget.trials": args.trials,
+        "retrain.steps": args.retrain_steps,
+        "baseline.ratios": [],
+    }
+    rows = {
+        name: measure(name, {**common, **extra}, Path(args.out), Path(args.prepared))
+        for name, extra in SETUPS.items()
+    }
+    local = rows["local, 1 thread"]
+    report = {
+        "command": "python benchmarks/ray_throughput.py",
+        "trials": args.trials,
+        "retrain_steps": args.retrain_steps,
+        "setups": rows,
+        "ray_overhead_per_trial_s": rows["ray, 1 at a time"]["wall_per_trial_s"]
+        - local["wall_per_trial_s"],
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "ray_throughput.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = [
+        f"MiniLM on SST-2, {args.trials} identical trials per setup ({args.retrain_steps} "
+        f"retraining steps each), on this 2-core machine, one run: `{report['command']}`.",
+        "",
+        "| setup | trials/hour | wall s per trial | trial work s (mean) | overhead s per trial |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        lines.append(
+            f"| {name} | {row['trials_per_hour']:.0f} | {row['wall_per_trial_s']:.1f} "
+            f"| {row['mean_trial_work_s']:.1f} | {row['overhead_per_trial_s']:.1f} |"
+        )
+    lines += [
+        "",
+        f"Ray against local, both one trial at a time on 1 CPU: "
+        f"{report['ray_overhead_per_trial_s']:+.1f} s of wall time per trial.",
+    ]
+    (RESULTS / "ray_throughput.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
