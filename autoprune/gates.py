@@ -9,7 +9,7 @@ use them as the reference for what physical pruning must compute.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -18,8 +18,10 @@ from transformers import PreTrainedModel
 
 from autoprune.arch import describe, family_of
 
+Hook = Callable[[nn.Module, tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]
 
-def _scale_heads(gate: torch.Tensor, head_dim: int):
+
+def _scale_heads(gate: torch.Tensor, head_dim: int) -> Hook:
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         hidden = inputs[0]  # (batch, seq, heads * head_dim)
         batch, seq, width = hidden.shape
@@ -30,7 +32,7 @@ def _scale_heads(gate: torch.Tensor, head_dim: int):
     return hook
 
 
-def _scale_neurons(gate: torch.Tensor):
+def _scale_neurons(gate: torch.Tensor) -> Hook:
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         hidden = inputs[0]  # (batch, seq, ffn)
         return (hidden * gate.view(-1, 1, hidden.shape[-1]), *inputs[1:])

@@ -172,8 +172,7 @@ def prune(model: PreTrainedModel, config: PruneConfig, scores: Scores) -> PreTra
     for index, layer in enumerate(family.layers(pruned)):
         keep_heads = _top(scores.heads[index], config.heads[index])
         keep_neurons = _top(scores.neurons[index], config.ffn[index])
-        plan = family.slicing_plan(keep_heads, keep_neurons, arch.head_dim)
-        family.slice_layer(layer, keep_heads, keep_neurons, arch.head_dim)
+        plan = family.slice_layer(layer, keep_heads, keep_neurons, arch.head_dim)
         if config.sparsity[index] == 0.0:
             continue
         linears = family.prunable_linears(layer)

@@ -210,8 +210,9 @@ class Family(ABC):
 
     def slice_layer(
         self, layer: nn.Module, keep_heads: torch.Tensor, keep_neurons: torch.Tensor, head_dim: int
-    ) -> None:
-        """Physically keep only the given heads and neurons of ``layer`` (in place).
+    ) -> dict[str, tuple[int, torch.Tensor]]:
+        """Physically keep only the given heads and neurons of ``layer`` (in place); returns
+        the :meth:`slicing_plan` it followed.
 
         A layer left with no head has its attention block replaced by
         :class:`ZeroHeadAttention`; one left with no neuron keeps empty feed-forward layers,
@@ -223,6 +224,7 @@ class Family(ABC):
             layer.set_submodule(path, slice_linear(linear, index, dim))
         if len(keep_heads) == 0:
             self._drop_attention(layer)
+        return plan
 
     def _drop_attention(self, layer: nn.Module) -> None:
         block = self.layout.attention_block
