@@ -45,28 +45,25 @@ def set_attrs(study: optuna.Study, trial_id: int, attrs: dict[str, Any]) -> None
         study._storage.set_trial_user_attr(trial_id, key, value)
 
 
-def tell_complete(
+def tell_outcome(
     study: optuna.Study,
     trial: optuna.trial.Trial,
     outcome: TrialOutcome,
     size_unit: SizeUnit,
     kind: Kind,
 ) -> None:
-    """Record a fully retrained trial; its values go to the controller."""
-    set_attrs(study, trial._trial_id, outcome_attrs(outcome, size_unit, kind, "complete"))
-    study.tell(trial, list(outcome.values(size_unit)))
-
-
-def tell_stopped(
-    study: optuna.Study,
-    trial: optuna.trial.Trial,
-    outcome: TrialOutcome,
-    size_unit: SizeUnit,
-    kind: Kind,
-) -> None:
-    """Record a trial stopped early: state PRUNED, no values, never on the front."""
-    set_attrs(study, trial._trial_id, outcome_attrs(outcome, size_unit, kind, "stopped"))
-    study.tell(trial, state=TrialState.PRUNED)
+    """Record a trial that ran: fully retrained, its values go to the controller; stopped
+    early, it is PRUNED, with no values, and never on the front."""
+    stopped = outcome.stopped_at is not None
+    set_attrs(
+        study,
+        trial._trial_id,
+        outcome_attrs(outcome, size_unit, kind, "stopped" if stopped else "complete"),
+    )
+    if stopped:
+        study.tell(trial, state=TrialState.PRUNED)
+    else:
+        study.tell(trial, list(outcome.values(size_unit)))
 
 
 def record_rung(study: optuna.Study, trial_id: int, rungs: dict[str, list[float]]) -> None:

@@ -34,9 +34,8 @@ from autoprune.records import (
     record_rung,
     recover_interrupted,
     rung_points,
-    tell_complete,
     tell_not_complete,
-    tell_stopped,
+    tell_outcome,
 )
 from autoprune.rundir import BASELINE, SEARCH, RunDir, open_storage, open_study, write_atomically
 from autoprune.serialize import save_pruned
@@ -242,8 +241,8 @@ def evaluate_and_record(
         log.warning("trial %d failed: %s: %s", trial.number, type(error).__name__, error)
         tell_not_complete(study, trial, "failed", f"{type(error).__name__}: {error}", kind, extra)
         return None
+    tell_outcome(study, trial, outcome, session.settings.size_unit, kind)
     if outcome.stopped_at is not None:
-        tell_stopped(study, trial, outcome, session.settings.size_unit, kind)
         log.info(
             "trial %d stopped early at rung %d: %s %.4f at size %.3f",
             trial.number,
@@ -253,7 +252,6 @@ def evaluate_and_record(
             outcome.values(session.settings.size_unit)[1],
         )
         return outcome
-    tell_complete(study, trial, outcome, session.settings.size_unit, kind)
     tokenizer = session.prepared.tokenizer
     session.keep_front_checkpoint(
         study, trial.number, lambda path: save_pruned(model, path, tokenizer)

@@ -13,29 +13,23 @@ Run: ``python benchmarks/early_stopping.py`` (twice ``--seconds``, 20 minutes by
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import optuna
+from common import REPO, run_dir_sharing, write_results
 
 from autoprune.results import load_run
 from autoprune.search import run_search
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 STUDY = REPO / "studies" / "bench_sst2.yaml"
 
 log = logging.getLogger("autoprune")
 
 
 def one(name: str, overrides: dict[str, Any], root: Path, shared: Path) -> dict[str, Any]:
-    out = root / name
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / "prepared").exists():
-        shared.mkdir(parents=True, exist_ok=True)
-        (out / "prepared").symlink_to(shared.resolve(), target_is_directory=True)
+    out = run_dir_sharing(root / name, shared)
     run_search(STUDY, out, overrides)
     run = load_run(out)
     search = run.trials[run.trials["study"] == "search"]
@@ -87,8 +81,6 @@ def main() -> None:
         "rungs": rungs,
         "rows": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "early_stopping.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         f"MiniLM on SST-2, TPE, {args.seconds:.0f} s of wall time each, {steps} retraining "
         f"steps per full trial, rungs at steps {rungs} keeping the best half; one seed. "
@@ -103,7 +95,7 @@ def main() -> None:
             f"| {name} | {row['complete']} | {row['stopped']} | {row['hv_test']:.4f} | "
             f"{row['hv_search']:.4f} | {'—' if best is None else f'{best:.4f}'} |"
         )
-    (RESULTS / "early_stopping.md").write_text("\n".join(lines) + "\n")
+    write_results("early_stopping", report, lines)
     print("\n".join(lines))
 
 

@@ -14,17 +14,14 @@ Run: ``python benchmarks/latency.py``.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
-from pathlib import Path
 
 import torch
+from common import write_results
 
 import autoprune
 from autoprune import PruneConfig
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main() -> None:
@@ -86,8 +83,6 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "rows": rows,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latency.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         f"MiniLM-L6 on CPU ({args.threads} threads), batch {args.batch_size} x {args.seq_len} "
         f"tokens, median of {args.rounds} interleaved passes, torch {torch.__version__}.",
@@ -101,7 +96,7 @@ def main() -> None:
             f"{r['nonzero_prunable'] / 1e6:.2f}M | {r['macs_per_sequence'] / 1e9:.2f}G | "
             f"{r['median_s']:.3f} | {r['speedup_vs_dense']:.2f}x |"
         )
-    (RESULTS / "latency.md").write_text("\n".join(lines) + "\n")
+    write_results("latency", result, lines)
     print("\n".join(lines))
 
 

@@ -27,14 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from common import REPO, run_dir_sharing, write_results
 
 from autoprune.records import count_spent
 from autoprune.rundir import RunDir, RunLock
 from autoprune.spec import load_study
 from autoprune.study import open_session
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 STUDY = REPO / "studies" / "bench_sst2.yaml"
 SETUPS: dict[str, dict[str, Any]] = {
     "local, 1 thread": {"backend.name": "local", "backend.cpus_per_trial": 1},
@@ -55,11 +54,7 @@ log = logging.getLogger("autoprune")
 
 
 def measure(name: str, overrides: dict[str, Any], root: Path, shared: Path) -> dict[str, Any]:
-    out = root / name.replace(", ", "-").replace(" ", "_")
-    out.mkdir(parents=True, exist_ok=True)
-    if not (out / "prepared").exists():
-        shared.mkdir(parents=True, exist_ok=True)
-        (out / "prepared").symlink_to(shared.resolve(), target_is_directory=True)
+    out = run_dir_sharing(root / name.replace(", ", "-").replace(" ", "_"), shared)
     spec = load_study(STUDY, overrides)
     run = RunDir(out)
     with RunLock(run):
@@ -121,8 +116,6 @@ def main() -> None:
         "ray_overhead_per_trial_s": rows["ray, 1 at a time"]["wall_per_trial_s"]
         - local["wall_per_trial_s"],
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ray_throughput.json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         f"MiniLM on SST-2, {args.trials} identical trials per setup ({args.retrain_steps} "
         f"retraining steps each), on this 2-core machine, one run: `{report['command']}`.",
@@ -140,7 +133,7 @@ def main() -> None:
         f"Ray against local, both one trial at a time on 1 CPU: "
         f"{report['ray_overhead_per_trial_s']:+.1f} s of wall time per trial.",
     ]
-    (RESULTS / "ray_throughput.md").write_text("\n".join(lines) + "\n")
+    write_results("ray_throughput", report, lines)
     print("\n".join(lines))
 
 

@@ -20,7 +20,6 @@ Run: ``python benchmarks/search_quality.py`` (about 2.5 hours on 2 CPU cores).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import time
@@ -32,6 +31,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
+from common import REPO, RESULTS, RUNS, run_dir_sharing, write_results  # noqa: E402
 
 from autoprune.results import Run, load_run  # noqa: E402
 from autoprune.rundir import RunDir, RunLock  # noqa: E402
@@ -39,8 +39,6 @@ from autoprune.search import run_search  # noqa: E402
 from autoprune.spec import load_study  # noqa: E402
 from autoprune.study import baseline_configs, open_session, run_baseline_configs  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 STUDIES = {"sst2": REPO / "studies" / "bench_sst2.yaml", "rte": REPO / "studies" / "bench_rte.yaml"}
 CONTROLLERS = ("tpe", "nsga2", "rl", "random")
 UNIFORM = [0.25, 0.375, 0.5, 0.75]
@@ -58,20 +56,10 @@ COLOURS = {
 log = logging.getLogger("autoprune")
 
 
-def _linked(run_dir: Path, shared_prepared: Path) -> Path:
-    """A run directory whose prepared work is the task's shared one."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    shared_prepared.mkdir(parents=True, exist_ok=True)
-    link = run_dir / "prepared"
-    if not link.exists():
-        link.symlink_to(shared_prepared.resolve(), target_is_directory=True)
-    return run_dir
-
-
 def controller_run(
     root: Path, task: str, mode: str, controller: str, seed: int, overrides: dict[str, Any]
 ) -> Run:
-    out = _linked(root / task / mode / f"{controller}-s{seed}", root / task / "prepared")
+    out = run_dir_sharing(root / task / mode / f"{controller}-s{seed}", root / task / "prepared")
     run_search(
         STUDIES[task],
         out,
@@ -81,7 +69,7 @@ def controller_run(
 
 
 def baseline_run(root: Path, task: str, mode: str, seed: int, overrides: dict[str, Any]) -> Run:
-    out = _linked(root / task / mode / f"baselines-s{seed}", root / task / "prepared")
+    out = run_dir_sharing(root / task / mode / f"baselines-s{seed}", root / task / "prepared")
     spec = load_study(STUDIES[task], {**overrides, "retrain.seed": seed, "budget.trials": 1})
     run = RunDir(out)
     with RunLock(run):
@@ -147,7 +135,7 @@ def plot_fronts(runs: dict[str, Run], title: str, path: Path) -> None:
     plt.close(figure)
 
 
-def markdown(report: dict[str, Any]) -> str:
+def markdown(report: dict[str, Any]) -> list[str]:
     lines = [
         "Fronts chosen on the search split; metrics read on the test split (GLUE dev). "
         "Mean ± standard deviation over seeds (controller and retraining seed); "
@@ -178,7 +166,7 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{cell('best_test_at_0.5')} | {cell('best_test_at_0.25')} |"
             )
         lines += ["", f"![fronts]({block['plot']})", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def main() -> None:
@@ -190,7 +178,7 @@ def main() -> None:
         "--free-trials", type=int, default=24, help="trials per controller run without retraining"
     )
     parser.add_argument("--rte-trials", type=int, default=10)
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "runs"))
+    parser.add_argument("--out", default=str(RUNS))
     parser.add_argument("--smoke", action="store_true", help="tiny settings, to check the script")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -269,8 +257,7 @@ def main() -> None:
                 }
             )
             report["minutes"] = (time.perf_counter() - started) / 60
-            (results / "search_quality.json").write_text(json.dumps(report, indent=2) + "\n")
-            (results / "search_quality.md").write_text(markdown(report) + "\n")
+            write_results("search_quality", report, markdown(report), results)
     log.info("done in %.0f minutes", (time.perf_counter() - started) / 60)
 
 

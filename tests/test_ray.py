@@ -133,6 +133,22 @@ def search(study: Path, out: Path, address: str) -> subprocess.Popen:
     )
 
 
+def start_one_at_a_time(
+    cluster: Cluster, study_file: Path, run_dir: Path, tmp_path: Path, trials: int, steps: int
+) -> tuple[Path, Path, subprocess.Popen]:
+    """A search driver started on the cluster: ``trials`` trials of ``steps`` retraining
+    steps, one at a time; returns the study file, the run directory and the driver."""
+    study = ray_study(
+        study_file,
+        tmp_path,
+        budget={"trials": trials},
+        retrain={"steps": steps},
+        backend={"concurrent_trials": 1},
+    )
+    out = new_run_with_prepared(run_dir, tmp_path)
+    return study, out, search(study, out, cluster.address)
+
+
 def finish(process: subprocess.Popen, timeout: float = 900) -> str:
     output, _ = process.communicate(timeout=timeout)
     assert process.returncode == 0, output[-4000:]
@@ -178,15 +194,7 @@ def test_search_on_a_cluster_with_two_concurrent_trials_and_early_stopping(
 def test_a_worker_killed_during_a_trial_is_retried(
     cluster: Cluster, study_file: Path, run_dir: Path, tmp_path: Path
 ) -> None:
-    study = ray_study(
-        study_file,
-        tmp_path,
-        budget={"trials": 2},
-        retrain={"steps": 24},
-        backend={"concurrent_trials": 1},
-    )
-    out = new_run_with_prepared(run_dir, tmp_path)
-    driver = search(study, out, cluster.address)
+    study, out, driver = start_one_at_a_time(cluster, study_file, run_dir, tmp_path, 2, 24)
     deadline = time.time() + 240
     killed = None
     while killed is None and time.time() < deadline and driver.poll() is None:
@@ -208,15 +216,7 @@ def test_a_worker_killed_during_a_trial_is_retried(
 def test_a_killed_driver_resumes_without_losing_or_repeating_trials(
     cluster: Cluster, study_file: Path, run_dir: Path, tmp_path: Path
 ) -> None:
-    study = ray_study(
-        study_file,
-        tmp_path,
-        budget={"trials": 4},
-        retrain={"steps": 6},
-        backend={"concurrent_trials": 1},
-    )
-    out = new_run_with_prepared(run_dir, tmp_path)
-    driver = search(study, out, cluster.address)
+    study, out, driver = start_one_at_a_time(cluster, study_file, run_dir, tmp_path, 4, 6)
     deadline = time.time() + 240
     while time.time() < deadline and driver.poll() is None:
         if (out / "optuna.db").exists() and count_spent(search_study(study, out)) >= 1:

@@ -41,9 +41,8 @@ from autoprune.records import (
     recover_interrupted,
     rung_points,
     set_attrs,
-    tell_complete,
     tell_not_complete,
-    tell_stopped,
+    tell_outcome,
 )
 from autoprune.serialize import save_pruned
 from autoprune.study import Session
@@ -158,15 +157,10 @@ class StudySearcher(_LightPickle, OptunaSearch):
                 {"config": config.to_dict()},
             )
         elif result.get("stage") == "rung":  # stopped by the scheduler at this rung
-            tell_stopped(study, trial, self._stopped(trial, config, result), size_unit, "search")
+            tell_outcome(study, trial, self._stopped(trial, config, result), size_unit, "search")
         elif result.get("status") == "complete":
-            tell_complete(
-                study,
-                trial,
-                TrialOutcome.from_dict(json.loads(result["outcome"])),
-                size_unit,
-                "search",
-            )
+            outcome = TrialOutcome.from_dict(json.loads(result["outcome"]))
+            tell_outcome(study, trial, outcome, size_unit, "search")
         else:
             tell_not_complete(
                 study,
