@@ -104,7 +104,8 @@ class Session:
         if number in front:
             write_atomically(self.run.checkpoint(which, number), write)
         for path in self.run.checkpoints.glob(f"{which}_*"):
-            if int(path.name.rsplit("_", 1)[1]) not in front:
+            number_text = path.name.rsplit("_", 1)[1]  # a ".partial" left by a kill goes too
+            if not number_text.isdigit() or int(number_text) not in front:
                 shutil.rmtree(path, ignore_errors=True)
 
     def report(self, study: optuna.Study, outcome: TrialOutcome, number: int) -> None:
