@@ -16,7 +16,7 @@ The search-split hypervolume is reported beside it, to show what selection on it
 
 Runs are resumable (re-run the command); prepared work is shared by the runs of a task.
 Results: ``benchmarks/results/search_quality.{json,md}`` and one plot per task and mode.
-Run: ``python benchmarks/search_quality.py`` (about 2.5 hours on 2 CPU cores).
+Run: ``python benchmarks/search_quality.py`` (about 3 hours on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -145,7 +145,8 @@ def markdown(report: dict[str, Any]) -> list[str]:
         f"`{report['command']}`: {sum(b['trial_minutes'] for b in report['blocks']):.0f} "
         f"minutes of trials on {report['threads']} CPU threads (this invocation: "
         f"{report['minutes']:.0f} minutes; runs already done are read back, not re-run). "
-        f"Size caps allow {SIZE_TOLERANCE} for the output biases that pruning keeps.",
+        f"Size caps allow {SIZE_TOLERANCE} for the output biases that pruning keeps; "
+        "— : no point of the front within the cap.",
         "",
     ]
     for block in report["blocks"]:
@@ -161,11 +162,16 @@ def markdown(report: dict[str, Any]) -> list[str]:
         ]
         for method, agg in block["methods"].items():
 
-            def cell(key: str, agg: dict = agg) -> str:
+            def cell(key: str, agg: dict = agg, seeds: int = len(block["seeds"])) -> str:
                 entry = agg[key]
                 if entry["mean"] is None:
                     return "—"
-                return f"{entry['mean']:.4f} ± {entry['std']:.4f}"
+                text = f"{entry['mean']:.4f}"
+                if entry["n"] > 1:
+                    text += f" ± {entry['std']:.4f}"
+                if entry["n"] < seeds:
+                    text += f" ({entry['n']} of {seeds} seeds reach it)"
+                return text
 
             lines.append(
                 f"| {method} | {cell('hv_test')} | {cell('hv_search')} | "
