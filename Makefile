@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The quick start: fine-tune MiniLM on SST-2, search, print and plot the front (~11 min).
+# The quick start: fine-tune MiniLM on SST-2, search, print and plot the front (~12 min).
 demo: setup
 	$(VENV)/bin/autoprune search studies/quickstart.yaml --out runs/quickstart
 	$(VENV)/bin/autoprune plot runs/quickstart
