@@ -166,26 +166,22 @@ class SizeModel:
 
     def size(self, config: PruneConfig) -> Size:
         """The size :func:`autoprune.prune` with ``config`` will give, then :func:`measure`."""
-        removed = _UnitCost(0, 0, 0)
-        zeros = 0
+        removed_params = removed_macs = zeros = 0
         for layer, (heads, ffn) in enumerate(zip(self.heads, self.ffn, strict=True)):
             head, neuron = self.head_cost[layer], self.neuron_cost[layer]
             cut_heads, cut_neurons = heads - config.heads[layer], ffn - config.ffn[layer]
-            removed = _UnitCost(
-                removed.params + cut_heads * head.params + cut_neurons * neuron.params,
-                removed.weights + cut_heads * head.weights + cut_neurons * neuron.weights,
-                removed.macs + cut_heads * head.macs + cut_neurons * neuron.macs,
-            )
+            removed_params += cut_heads * head.params + cut_neurons * neuron.params
+            removed_macs += cut_heads * head.macs + cut_neurons * neuron.macs
             kept_weights = config.heads[layer] * head.weights + config.ffn[layer] * neuron.weights
             zeros += round(config.sparsity[layer] * kept_weights)
         dense = self.dense
         return Size(
-            params=dense.params - removed.params,
-            prunable=dense.prunable - removed.params,
-            nonzero=dense.nonzero - removed.params - zeros,
-            nonzero_total=dense.nonzero_total - removed.params - zeros,
-            bytes=dense.bytes - removed.params * self.bytes_per_param,
-            macs=dense.macs - removed.macs,
+            params=dense.params - removed_params,
+            prunable=dense.prunable - removed_params,
+            nonzero=dense.nonzero - removed_params - zeros,
+            nonzero_total=dense.nonzero_total - removed_params - zeros,
+            bytes=dense.bytes - removed_params * self.bytes_per_param,
+            macs=dense.macs - removed_macs,
             seq_len=dense.seq_len,
         )
 

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from autoprune.backends import local
+from autoprune.backends import run_trials
 from autoprune.records import recover_interrupted
 from autoprune.rundir import RunDir, RunLock, log_to_run
 from autoprune.spec import load_study
@@ -41,12 +41,7 @@ def run_search(
         try:
             session = open_session(spec, run)
             recover_interrupted(session.search)
-            if spec.backend.name == "ray":
-                from autoprune.backends import ray  # imports Ray only when asked for
-
-                ray.run_trials(session)
-            else:
-                local.run_trials(session)
+            run_trials(session)
             if spec.baseline.ratios:
                 run_baseline_configs(session, baseline_configs(session, spec.baseline.ratios))
         finally:

@@ -138,11 +138,12 @@ def _check_band_is_reachable(session: Session) -> None:
     if settings.min_size is None and settings.max_size is None:
         return
     smallest, largest = sorted(session.size_ratio(c) for c in session.space.extremes())
-    low, high = settings.band
-    if largest < (low or 0.0) or smallest > (high if high is not None else 1.0):
+    low = settings.min_size if settings.min_size is not None else 0.0
+    high = settings.max_size if settings.max_size is not None else 1.0
+    if largest < low or smallest > high:
         raise StudyError(
             f"objectives.min_size/max_size: no configuration fits the size band "
-            f"[{low or 0:g}, {1 if high is None else high:g}] ({settings.size_unit}): the search "
+            f"[{low:g}, {high:g}] ({settings.size_unit}): the search "
             f"space {session.spec.search_space.name} spans sizes {smallest:.3f} to {largest:.3f}"
         )
 
@@ -172,10 +173,10 @@ def open_session(spec: StudySpec, run: RunDir, read_only: bool = False) -> Sessi
     """
     if not read_only:
         run.path.mkdir(parents=True, exist_ok=True)
-        if run.study_file.is_file() and load_study(run.study_file).name != spec.name:
+        held = load_study(run.study_file).name if run.study_file.is_file() else spec.name
+        if held != spec.name:
             raise StudyError(
-                f"{run.path} holds study {load_study(run.study_file).name!r}, not "
-                f"{spec.name!r}; use another --out"
+                f"{run.path} holds study {held!r}, not {spec.name!r}; use another --out"
             )
     device = pick_device(spec.device)
     prepared = prepare(spec, run.prepared, device)  # refuses a run prepared differently

@@ -29,6 +29,7 @@ from typing import Any
 import optuna
 from common import REPO, run_dir_sharing, write_results
 
+from autoprune.backends import run_trials
 from autoprune.records import count_spent
 from autoprune.rundir import RunDir, RunLock
 from autoprune.spec import load_study
@@ -61,10 +62,6 @@ def measure(name: str, overrides: dict[str, Any], root: Path, shared: Path) -> d
         session = open_session(spec, run)
         if count_spent(session.search):
             raise SystemExit(f"{out} already holds trials; remove it to measure again")
-        if spec.backend.name == "ray":
-            from autoprune.backends.ray import run_trials
-        else:
-            from autoprune.backends.local import run_trials
         started = time.perf_counter()
         run_trials(session)
         wall = time.perf_counter() - started
