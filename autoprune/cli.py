@@ -11,10 +11,10 @@ from typing import Any, get_args
 
 import optuna
 
-from autoprune.controllers import CONTROLLERS
-from autoprune.records import Kind
-from autoprune.results import TableFormat
-from autoprune.spec import BackendName
+from autoprune.reports.results import TableFormat
+from autoprune.run.ledger import Kind
+from autoprune.search.controllers import CONTROLLERS
+from autoprune.search.spec import BackendName
 
 KINDS = get_args(Kind)
 
@@ -32,8 +32,8 @@ def _ratios(text: str) -> list[float]:
 
 
 def _search(args: argparse.Namespace) -> None:
-    from autoprune.results import load_run, render
-    from autoprune.search import run_search
+    from autoprune.reports.results import load_run, render
+    from autoprune.run.search import run_search
 
     overrides: dict[str, Any] = {}
     if args.backend == "local":  # a Ray study run locally: its Ray-only settings do not apply
@@ -61,9 +61,9 @@ def _search(args: argparse.Namespace) -> None:
 
 
 def _baseline(args: argparse.Namespace) -> None:
-    from autoprune.results import load_run, render
-    from autoprune.rundir import RunDir, RunLock
-    from autoprune.study import baseline_configs, open_run, run_baseline_configs
+    from autoprune.reports.results import load_run, render
+    from autoprune.run.rundir import RunDir, RunLock
+    from autoprune.run.session import baseline_configs, open_run, run_baseline_configs
 
     if bool(args.heads_ratios) != bool(args.ffn_ratios):
         raise ValueError("--heads-ratios and --ffn-ratios go together (a layer-uniform grid)")
@@ -77,21 +77,21 @@ def _baseline(args: argparse.Namespace) -> None:
 
 
 def _pareto(args: argparse.Namespace) -> None:
-    from autoprune.results import load_run, render
+    from autoprune.reports.results import load_run, render
 
     print(render(load_run(args.run), args.format, args.kind))
 
 
 def _plot(args: argparse.Namespace) -> None:
-    from autoprune.plots import plot
-    from autoprune.results import load_run
+    from autoprune.reports.plots import plot
+    from autoprune.reports.results import load_run
 
     png, html = plot(load_run(args.run), Path(args.out_dir) if args.out_dir else None)
     print(f"wrote {png} and {html}")
 
 
 def _export(args: argparse.Namespace) -> None:
-    from autoprune.export import export
+    from autoprune.reports.export import export
 
     result = export(args.run, args.out, args.trial, args.max_size, args.min_metric, args.kind)
     source = "its kept checkpoint" if result.from_checkpoint else "a re-run of its configuration"
@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.getLogger("autoprune").setLevel(logging.WARNING if args.quiet else logging.INFO)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from autoprune.spec import StudyError
+    from autoprune.search.spec import StudyError
 
     try:
         args.handler(args)

@@ -20,8 +20,8 @@ from typing import Any
 import optuna
 from common import REPO, run_dir_sharing, write_results
 
-from autoprune.results import load_run
-from autoprune.search import run_search
+from autoprune.reports.results import load_run
+from autoprune.run.search import run_search
 
 STUDY = REPO / "studies" / "bench_sst2.yaml"
 

@@ -30,10 +30,10 @@ import optuna
 from common import REPO, run_dir_sharing, write_results
 
 from autoprune.backends import run_trials
-from autoprune.records import count_spent
-from autoprune.rundir import RunDir, RunLock
-from autoprune.spec import load_study
-from autoprune.study import open_session
+from autoprune.run.ledger import count_spent
+from autoprune.run.rundir import RunDir, RunLock
+from autoprune.run.session import open_session
+from autoprune.search.spec import load_study
 
 STUDY = REPO / "studies" / "bench_sst2.yaml"
 SETUPS: dict[str, dict[str, Any]] = {

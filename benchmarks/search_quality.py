@@ -35,11 +35,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 from common import REPO, RESULTS, RUNS, run_dir_sharing, write_results  # noqa: E402
 
-from autoprune.results import Run, load_run  # noqa: E402
-from autoprune.rundir import RunDir, RunLock  # noqa: E402
-from autoprune.search import run_search  # noqa: E402
-from autoprune.spec import load_study  # noqa: E402
-from autoprune.study import baseline_configs, open_session, run_baseline_configs  # noqa: E402
+from autoprune.reports.results import Run, load_run  # noqa: E402
+from autoprune.run.rundir import RunDir, RunLock  # noqa: E402
+from autoprune.run.search import run_search  # noqa: E402
+from autoprune.run.session import baseline_configs, open_session, run_baseline_configs  # noqa: E402
+from autoprune.search.spec import load_study  # noqa: E402
 
 STUDIES = {"sst2": REPO / "studies" / "bench_sst2.yaml", "rte": REPO / "studies" / "bench_rte.yaml"}
 CONTROLLERS = ("tpe", "nsga2", "rl", "random")

@@ -104,7 +104,7 @@ def minilm_path() -> str:
 def sst2_task(data_dir: Path, minilm_path: str):
     """SST-2 tokenized for MiniLM: 200 search, 600 pool, 200 test examples (length 64)."""
     import autoprune
-    from autoprune.data import DataSpec, load_task
+    from autoprune.tasks.data import DataSpec, load_task
 
     _, tokenizer = autoprune.load_model(minilm_path, num_labels=2)
     spec = DataSpec(
@@ -122,7 +122,7 @@ def sst2_task(data_dir: Path, minilm_path: str):
 def finetuned_minilm(minilm_path: str, sst2_task):
     """The real MiniLM, fine-tuned on SST-2 for 40 steps (about 30 s here)."""
     import autoprune
-    from autoprune.train import Recipe, train
+    from autoprune.tasks.train import Recipe, train
 
     task, _ = sst2_task
     model, _ = autoprune.load_model(minilm_path, num_labels=2)

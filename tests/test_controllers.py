@@ -9,9 +9,9 @@ import optuna
 import pytest
 from optuna.distributions import FloatDistribution, IntDistribution
 
-from autoprune.controllers import CONTROLLERS, make_sampler
-from autoprune.controllers.rl import PolicyGradientSampler
-from autoprune.pareto import hypervolume
+from autoprune.search.controllers import CONTROLLERS, make_sampler
+from autoprune.search.controllers.rl import PolicyGradientSampler
+from autoprune.search.pareto import hypervolume
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

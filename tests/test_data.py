@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from autoprune.data import DataSpec, load_task, read_table
-from autoprune.metrics import accuracy, chance_level, f1, matthews
+from autoprune.tasks.data import DataSpec, load_task, read_table
+from autoprune.tasks.metrics import accuracy, chance_level, f1, matthews
 
 
 @pytest.fixture(scope="module")

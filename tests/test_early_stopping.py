@@ -9,15 +9,15 @@ import pytest
 from conftest import new_run_with_prepared
 
 from autoprune import describe
-from autoprune.early_stopping import (
+from autoprune.reports.results import load_run
+from autoprune.run.ledger import count_spent
+from autoprune.run.search import run_search
+from autoprune.search.early_stopping import (
     crowding_distances,
     nondominated_ranks,
     preference_order,
     should_continue,
 )
-from autoprune.records import count_spent
-from autoprune.results import load_run
-from autoprune.search import run_search
 
 
 def test_ranks_and_crowding() -> None:
@@ -43,7 +43,7 @@ def test_synthetic_study_records_stopped_trials_and_keeps_them_off_the_front(
 ) -> None:
     """A metric that grows with the heads kept: no trial dominates another, so at a rung of
     two trials the later one is the one that stops (ties go to the earlier trial)."""
-    import autoprune.trial as trial_module
+    import autoprune.run.trial as trial_module
 
     def synthetic(model, data, metric):  # noqa: ARG001 -- the task's metric is replaced
         return 0.5 + 0.4 * sum(describe(model).heads) / 72

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import autoprune
 from autoprune import PruneConfig
-from autoprune.train import evaluate
+from autoprune.tasks.train import evaluate
 
 
 def test_describe_real_minilm(minilm_path: str) -> None:

@@ -8,9 +8,9 @@ from conftest import FAMILIES, logits, tiny_batch, tiny_model
 
 import autoprune
 from autoprune import PruneConfig, PruneConfigError
-from autoprune.gates import gated
-from autoprune.measure import SizeModel
-from autoprune.sparsity import MaskedLinear
+from autoprune.engine.gates import gated
+from autoprune.engine.measure import SizeModel
+from autoprune.engine.sparsity import MaskedLinear
 
 ATOL = 1e-5
 
@@ -121,7 +121,7 @@ def test_sparsity_is_exact_per_layer_and_survives_training(family: str) -> None:
     pruned = autoprune.prune(
         model, PruneConfig(heads=[4, 2, 3], ffn=[48, 30, 9], sparsity=sparsity), scores
     )
-    family_ = autoprune.arch.family_of(pruned)
+    family_ = autoprune.engine.arch.family_of(pruned)
 
     def zeros_per_layer() -> list[tuple[int, int]]:
         counts = []

@@ -20,10 +20,10 @@ import pytest
 import yaml
 from conftest import new_run_with_prepared
 
-from autoprune.records import count_spent
-from autoprune.results import load_run
-from autoprune.rundir import SEARCH, RunDir, open_storage, open_study
-from autoprune.spec import load_study
+from autoprune.reports.results import load_run
+from autoprune.run.ledger import count_spent
+from autoprune.run.rundir import SEARCH, RunDir, open_storage, open_study
+from autoprune.search.spec import load_study
 
 RAY = str(Path(sys.executable).parent / "ray")
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
@@ -243,7 +243,7 @@ def test_a_trial_that_raises_on_a_worker_reports_a_failure(
     """The trainable's failure report carries the searcher's metrics (as NaN), which Tune
     requires of every result, and the reason; the searcher records it as failed."""
     from autoprune.backends import ray as backend
-    from autoprune.study import open_session
+    from autoprune.run.session import open_session
 
     reports: list[dict] = []
     monkeypatch.setattr(backend.tune, "report", lambda metrics, **_: reports.append(metrics))

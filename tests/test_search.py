@@ -13,11 +13,11 @@ from conftest import REPO, new_run_with_prepared
 
 import autoprune
 from autoprune import cli
-from autoprune.records import count_spent
-from autoprune.results import load_run
-from autoprune.rundir import SEARCH, RunDir, open_storage, open_study
-from autoprune.search import run_search
-from autoprune.spec import StudyError, load_study
+from autoprune.reports.results import load_run
+from autoprune.run.ledger import count_spent
+from autoprune.run.rundir import SEARCH, RunDir, open_storage, open_study
+from autoprune.run.search import run_search
+from autoprune.search.spec import StudyError, load_study
 
 
 def test_search_records_every_trial_and_the_dense_model(run_dir: Path) -> None:
@@ -99,7 +99,7 @@ def test_export_errors_are_clear(run_dir: Path, tmp_path: Path, capsys) -> None:
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(
     run_dir: Path, study_file: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    import autoprune.study as study_module
+    import autoprune.run.session as study_module
 
     real = study_module.run_trial
     calls = []
@@ -152,8 +152,8 @@ def test_run_prepared_for_another_study_is_refused(run_dir: Path, study_file: Pa
 def test_nan_loss_raises_training_diverged() -> None:
     from conftest import tiny_batch, tiny_model
 
-    from autoprune.data import Encoded
-    from autoprune.train import Recipe, TrainingDiverged, train
+    from autoprune.tasks.data import Encoded
+    from autoprune.tasks.train import Recipe, TrainingDiverged, train
 
     model = tiny_model("bert")
     with torch.no_grad():
@@ -167,7 +167,7 @@ def test_nan_loss_raises_training_diverged() -> None:
 def test_interrupted_count_is_not_spent() -> None:
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.ask()
-    from autoprune.records import recover_interrupted
+    from autoprune.run.ledger import recover_interrupted
 
     assert recover_interrupted(study) == 1
     assert count_spent(study) == 0

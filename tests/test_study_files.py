@@ -9,8 +9,8 @@ import yaml
 from conftest import REPO, tiny_model
 
 from autoprune import describe
-from autoprune.space import SearchSpace, load_space
-from autoprune.spec import StudyError, load_study
+from autoprune.search.space import SearchSpace, load_space
+from autoprune.search.spec import StudyError, load_study
 
 GOOD = {
     "name": "files",

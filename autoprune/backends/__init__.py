@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from autoprune.study import Session
+    from autoprune.run.session import Session
 
 
 def run_trials(session: Session) -> None:

@@ -7,8 +7,8 @@ import time
 
 import torch
 
-from autoprune.records import count_spent
-from autoprune.study import Session, evaluate_and_record
+from autoprune.run.ledger import count_spent
+from autoprune.run.session import Session, evaluate_and_record
 
 log = logging.getLogger("autoprune")
 

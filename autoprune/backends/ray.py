@@ -31,10 +31,9 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from autoprune.early_stopping import should_continue
-from autoprune.prepare import Prepared
-from autoprune.prune import PruneConfig
-from autoprune.records import (
+from autoprune.engine.prune import PruneConfig
+from autoprune.engine.serialize import save_pruned
+from autoprune.run.ledger import (
     RUNGS,
     count_spent,
     record_rung,
@@ -44,9 +43,10 @@ from autoprune.records import (
     tell_not_complete,
     tell_outcome,
 )
-from autoprune.serialize import save_pruned
-from autoprune.study import Session
-from autoprune.trial import OutsideSizeBand, TrialOutcome, TrialSettings, run_trial
+from autoprune.run.prepare import Prepared
+from autoprune.run.session import Session
+from autoprune.run.trial import OutsideSizeBand, TrialOutcome, TrialSettings, run_trial
+from autoprune.search.early_stopping import should_continue
 
 log = logging.getLogger("autoprune")
 

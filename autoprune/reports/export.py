@@ -1,0 +1,162 @@
+"""Export a trial of a run: its configuration, its pruned and retrained model, a model card.
+
+How the exported model's metric is guaranteed to match the trial's record: the search keeps
+the retrained weights of every trial on the front (``RUN/checkpoints/``), and export loads
+exactly those weights and measures them again on both splits. A trial whose checkpoint was
+not kept (one off the front, chosen with ``--trial``) is re-run from its configuration with
+the study's seeded recipe; export then prints both numbers, which agree on the machine and
+thread count the trial ran with and may differ slightly elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from autoprune.engine.measure import measure
+from autoprune.engine.prune import PruneConfig
+from autoprune.engine.serialize import load_pruned, save_pruned
+from autoprune.reports.results import Run, load_run
+from autoprune.run.ledger import Kind
+from autoprune.run.rundir import BASELINE, SEARCH, RunDir
+from autoprune.run.session import open_run
+from autoprune.run.trial import run_trial
+from autoprune.tasks.train import evaluate
+
+log = logging.getLogger("autoprune")
+
+
+@dataclass
+class Exported:
+    """What export wrote and measured."""
+
+    directory: Path
+    trial: int
+    recorded: dict[str, float]
+    measured: dict[str, float]
+    from_checkpoint: bool
+
+
+def choose_trial(
+    run: Run,
+    trial: int | None = None,
+    max_size: float | None = None,
+    min_metric: float | None = None,
+    kind: Kind = "search",
+) -> pd.Series:
+    """The trial to export: by number, the best front point within ``max_size``, or the
+    smallest front point reaching ``min_metric``; both chosen on the search split."""
+    if sum(x is not None for x in (trial, max_size, min_metric)) != 1:
+        raise ValueError("give exactly one of --trial, --max-size, --min-metric")
+    if trial is not None:
+        rows = run.complete(kind)
+        match = rows[rows["trial"] == trial]
+        if match.empty:
+            raise ValueError(
+                f"{run.path}: no complete {kind} trial {trial}; complete trials: "
+                f"{sorted(rows['trial'].tolist())}"
+            )
+        return match.iloc[0]
+    front = run.front(kind)
+    if front.empty:
+        raise ValueError(f"{run.path}: no complete {kind} trial to export yet")
+    if max_size is not None:
+        best = run.best_under(max_size, kind)
+        if best is None:
+            raise ValueError(
+                f"--max-size {max_size}: no front trial is that small; the smallest has size "
+                f"{front['size'].min():.3f} ({run.size_unit})"
+            )
+        return best
+    reaching = front[front["metric_search"] >= min_metric]
+    if reaching.empty:
+        raise ValueError(
+            f"--min-metric {min_metric}: no front trial reaches it on the search split; the "
+            f"best reaches {front['metric_search'].max():.4f} ({run.metric})"
+        )
+    return reaching.sort_values("size").iloc[0]
+
+
+def _model_card(run: Run, row: pd.Series, measured: dict[str, float], size: dict) -> str:
+    metric = run.metric
+    return "\n".join(
+        [
+            f"# {run.spec.name}: trial {row['trial']} pruned with autoprune",
+            "",
+            f"Pruned from `{run.spec.model.source}`; load with `autoprune.load_pruned(DIR)`.",
+            "",
+            "| | pruned | dense |",
+            "|---|---|---|",
+            f"| {metric}, test split (held out from the search) | {measured['metric_test']:.4f} "
+            f"| {run.dense.metric_test:.4f} |",
+            f"| {metric}, search split | {measured['metric_search']:.4f} "
+            f"| {run.dense.metric_search:.4f} |",
+            f"| parameters | {size['params']:,} | {run.dense.size.params:,} |",
+            f"| prunable parameters | {size['prunable']:,} | {run.dense.size.prunable:,} |",
+            f"| non-zero prunable parameters | {size['nonzero']:,} | {run.dense.size.nonzero:,} |",
+            f"| MACs per sequence of {size['seq_len']} tokens | {size['macs']:,} "
+            f"| {run.dense.size.macs:,} |",
+            "",
+            f"Heads per layer: {row['heads']}; feed-forward neurons per layer: {row['ffn']}; "
+            f"sparsity per layer: {row['sparsity']}.",
+            f"Retrained for {row['retrain_steps']} steps with distillation from the dense model.",
+            "",
+        ]
+    )
+
+
+def export(
+    run_dir: str | Path,
+    out: str | Path,
+    trial: int | None = None,
+    max_size: float | None = None,
+    min_metric: float | None = None,
+    kind: Kind = "search",
+) -> Exported:
+    """Write ``prune_config.json``, the pruned model and ``README.md`` for a chosen trial.
+
+    The model is measured again on both splits; recorded and measured metrics are returned
+    (and logged) side by side.
+    """
+    run = load_run(run_dir)
+    row = choose_trial(run, trial, max_size, min_metric, kind)
+    number = int(row["trial"])
+    config = PruneConfig(list(row["heads"]), list(row["ffn"]), list(row["sparsity"]))
+    session = open_run(run.path)
+    checkpoint = RunDir(run.path).checkpoint(SEARCH if kind == "search" else BASELINE, number)
+    if checkpoint.is_dir():
+        model, _ = load_pruned(checkpoint)
+    else:
+        log.info("trial %d kept no checkpoint (not on the front): re-running it", number)
+        _, model = run_trial(session.prepared, config, session.settings)
+    task = session.prepared.task
+    measured = {
+        "metric_search": evaluate(model, task.search, task.metric),
+        "metric_test": evaluate(model, task.test, task.metric),
+    }
+    recorded = {
+        "metric_search": float(row["metric_search"]),
+        "metric_test": float(row["metric_test"]),
+    }
+    out = Path(out)
+    save_pruned(model, out, session.prepared.tokenizer)
+    config.save(out / "prune_config.json")
+    size = measure(model, run.spec.max_length).to_dict()
+    (out / "README.md").write_text(_model_card(run, row, measured, size))
+    (out / "metrics.json").write_text(
+        json.dumps(
+            {
+                "trial": number,
+                "recorded": recorded,
+                "measured": measured,
+                "size": size,
+                "dense": run.dense.to_dict(),
+            },
+            indent=2,
+        )
+    )
+    return Exported(out, number, recorded, measured, checkpoint.is_dir())

@@ -1,0 +1,225 @@
+"""Reading a run: every trial as a DataFrame, the Pareto fronts, hypervolumes, tables.
+
+Fronts are chosen on the ``search`` split, the one the controller saw; the ``test`` values
+of the chosen trials stand beside them. That is what a user should read as the result.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from autoprune.engine.measure import SizeUnit
+from autoprune.run.ledger import KIND, Kind, status_of
+from autoprune.run.prepare import DenseRecord
+from autoprune.run.rundir import BASELINE, SEARCH, RunDir, open_storage, open_study
+from autoprune.run.trial import SIZE_UNITS
+from autoprune.search.pareto import hypervolume, nondominated
+from autoprune.search.spec import StudySpec
+
+Split = Literal["search", "test"]
+TableFormat = Literal["table", "csv", "json"]
+
+
+@dataclass
+class Run:
+    """A run directory, read.
+
+    Attributes:
+        path: The run directory.
+        spec: Its resolved study.
+        trials: One row per trial of the search and the baseline studies.
+        dense: The dense model's metrics and size.
+        chance: The metric's chance level (the hypervolume's reference).
+    """
+
+    path: Path
+    spec: StudySpec
+    trials: pd.DataFrame
+    dense: DenseRecord
+    chance: float
+
+    @property
+    def metric(self) -> str:
+        return self.spec.data.metric
+
+    @property
+    def size_unit(self) -> SizeUnit:
+        return self.spec.objectives.size
+
+    def complete(self, kind: Kind = "search") -> pd.DataFrame:
+        """Complete trials of ``kind`` (``search``, ``uniform``, ``layer-uniform``)."""
+        rows = self.trials[(self.trials["kind"] == kind) & (self.trials["status"] == "complete")]
+        return rows.copy()
+
+    def front(self, kind: Kind = "search") -> pd.DataFrame:
+        """The Pareto front of ``kind``'s complete trials on (search metric, size), by size."""
+        rows = self.complete(kind)
+        if rows.empty:
+            return rows
+        points = list(zip(rows["metric_search"], rows["size"], strict=True))
+        return rows[nondominated(points)].sort_values(["size", "metric_search"])
+
+    def hypervolume(self, kind: Kind = "search", split: Split = "search") -> float:
+        """Hypervolume of ``kind``'s front (chosen on search) with its ``split`` metrics,
+        against the reference (chance level, size 1.0)."""
+        front = self.front(kind)
+        points = list(zip(front[f"metric_{split}"], front["size"], strict=True))
+        return hypervolume(points, (self.chance, 1.0))
+
+    def best_under(self, max_size: float, kind: Kind = "search") -> pd.Series | None:
+        """The front trial with the highest search metric at size <= ``max_size``."""
+        front = self.front(kind)
+        fitting = front[front["size"] <= max_size]
+        return None if fitting.empty else fitting.sort_values("metric_search").iloc[-1]
+
+
+COLUMNS = [
+    "study",
+    "trial",
+    "kind",
+    "status",
+    "metric_search",
+    "metric_test",
+    "metric_search_before",
+    "size",
+    *(f"ratio_{unit}" for unit in SIZE_UNITS),
+    "params",
+    "macs",
+    "heads",
+    "ffn",
+    "sparsity",
+    "retrain_steps",
+    "seconds",
+    "failure",
+]
+
+
+def _rows(study: optuna.Study, which: str, size_unit: SizeUnit) -> list[dict[str, Any]]:
+    """One row per trial of ``study`` (``which`` is ``search`` or ``baseline``)."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False):
+        attrs = trial.user_attrs
+        config = attrs.get("config") or {}
+        rows.append(
+            {
+                "study": which,
+                "trial": trial.number,
+                "kind": attrs.get(KIND, "search" if which == SEARCH else "uniform"),
+                "status": status_of(trial)
+                or ("running" if trial.state == TrialState.RUNNING else trial.state.name.lower()),
+                "metric_search": attrs.get("metric_search"),
+                "metric_test": attrs.get("metric_test"),
+                "metric_search_before": attrs.get("metric_search_before"),
+                "size": attrs.get(f"ratio_{size_unit}"),
+                **{f"ratio_{unit}": attrs.get(f"ratio_{unit}") for unit in SIZE_UNITS},
+                "params": (attrs.get("size") or {}).get("params"),
+                "macs": (attrs.get("size") or {}).get("macs"),
+                "heads": config.get("heads"),
+                "ffn": config.get("ffn"),
+                "sparsity": config.get("sparsity"),
+                "retrain_steps": attrs.get("retrain_steps"),
+                "seconds": (attrs.get("seconds") or {}).get("total"),
+                "failure": attrs.get("failure"),
+            }
+        )
+    return rows
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run directory: its study, every trial of it, the dense model's record."""
+    run = RunDir(Path(path))
+    spec = run.load_spec()
+    storage = open_storage(run.storage_url(spec))
+    search = open_study(spec, storage, SEARCH, None)
+    baseline = open_study(spec, storage, BASELINE, None)
+    if "dense" not in search.user_attrs:
+        raise FileNotFoundError(f"{run.path}: the search has not prepared its dense model yet")
+    rows = _rows(search, SEARCH, spec.objectives.size) + _rows(
+        baseline, BASELINE, spec.objectives.size
+    )
+    trials = pd.DataFrame(rows, columns=COLUMNS)
+    return Run(
+        path=run.path,
+        spec=spec,
+        trials=trials,
+        dense=DenseRecord.from_dict(search.user_attrs["dense"]),
+        chance=float(search.user_attrs["chance"]),
+    )
+
+
+def front_table(run: Run, kind: Kind = "search") -> pd.DataFrame:
+    """The front as a table: size ratios, parameters, MACs, metrics on both splits, drops."""
+    front = run.front(kind)
+    table = pd.DataFrame(
+        {
+            "trial": front["trial"],
+            f"size ({run.size_unit})": front["size"].round(3),
+            "params (M)": (front["params"] / 1e6).round(2),
+            "MACs (G)": (front["macs"] / 1e9).round(3),
+            f"{run.metric} search": front["metric_search"].round(4),
+            f"{run.metric} test": front["metric_test"].round(4),
+            "test drop vs dense": (run.dense.metric_test - front["metric_test"]).round(4),
+            "heads": front["heads"].map(lambda h: "-".join(map(str, h))),
+            "ffn": front["ffn"].map(lambda f: "-".join(map(str, f))),
+        }
+    )
+    if "ratio_nonzero" in front and front["sparsity"].map(lambda s: any(s)).any():
+        table["sparsity"] = front["sparsity"].map(lambda s: "-".join(f"{v:.2f}" for v in s))
+    return table.reset_index(drop=True)
+
+
+def summary(run: Run) -> dict:
+    """Hypervolumes and best points of the search and of every baseline kind present."""
+    result: dict = {
+        "dense": {
+            f"{run.metric}_search": run.dense.metric_search,
+            f"{run.metric}_test": run.dense.metric_test,
+        },
+        "size_unit": run.size_unit,
+        "reference": {"metric": run.chance, "size": 1.0},
+    }
+    kinds: tuple[Kind, ...] = ("search", "uniform", "layer-uniform")
+    for kind in kinds:
+        if run.complete(kind).empty:
+            continue
+        result[kind] = {
+            "trials": len(run.complete(kind)),
+            "front_points": len(run.front(kind)),
+            "hypervolume_search": run.hypervolume(kind, "search"),
+            "hypervolume_test": run.hypervolume(kind, "test"),
+        }
+    return result
+
+
+def render(run: Run, fmt: TableFormat = "table", kind: Kind = "search") -> str:
+    """The front of ``kind`` and the run's summary, as text, CSV or JSON."""
+    table = front_table(run, kind)
+    info = summary(run)
+    if fmt == "csv":
+        return table.to_csv(index=False)
+    if fmt == "json":
+        return json.dumps({"front": table.to_dict(orient="records"), **info}, indent=2)
+    lines = [
+        f"run {run.path} ({run.spec.name}): {run.metric}, size = {run.size_unit} ratio to dense",
+        f"dense: {run.metric} {run.dense.metric_search:.4f} search, "
+        f"{run.dense.metric_test:.4f} test",
+        f"{kind} front, chosen on the search split ({len(table)} points):",
+        table.to_string(index=False) if not table.empty else "  (no complete trial yet)",
+        "",
+        f"hypervolume (reference: {run.metric} {run.chance:g}, size 1.0):",
+    ]
+    for name in ("search", "uniform", "layer-uniform"):
+        if name in info:
+            entry = info[name]
+            lines.append(
+                f"  {name:14s} {entry['hypervolume_search']:.4f} on search, "
+                f"{entry['hypervolume_test']:.4f} on test ({entry['trials']} trials)"
+            )
+    return "\n".join(lines)

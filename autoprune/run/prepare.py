@@ -1,0 +1,217 @@
+"""Prepared work: what every trial of a study shares, computed once and cached in the run.
+
+The dense model fine-tuned on the task, the tokenized splits, the teacher's logits on the
+training pool, the importance scores and the dense model's own scores and sizes. Each piece
+is written to ``RUN/prepared/`` when computed and read back on resume; a run directory
+prepared for a different model, task or recipe is refused rather than silently mixed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from autoprune.engine.importance import importance
+from autoprune.engine.measure import Size, measure
+from autoprune.engine.models import load_model
+from autoprune.engine.scores import Scores
+from autoprune.engine.serialize import load_pruned, save_pruned
+from autoprune.run.rundir import write_atomically
+from autoprune.search.spec import StudyError, StudySpec
+from autoprune.tasks.data import Encoded, TaskData, load_task
+from autoprune.tasks.train import Recipe, evaluate, predict, train
+
+log = logging.getLogger("autoprune")
+
+
+@dataclass
+class DenseRecord:
+    """The dense model's scores on both splits and its size: the reference of every ratio."""
+
+    metric_search: float
+    metric_test: float
+    size: Size
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric_search": self.metric_search,
+            "metric_test": self.metric_test,
+            "size": self.size.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DenseRecord:
+        return cls(data["metric_search"], data["metric_test"], Size(**data["size"]))
+
+
+@dataclass
+class Prepared:
+    """Everything a trial needs besides its PruneConfig, on the CPU.
+
+    Attributes:
+        model: The dense model, fine-tuned on the task, in eval mode.
+        tokenizer: Its tokenizer.
+        task: The search, test and pool splits.
+        retrain_data: The pool examples retraining uses.
+        teacher_logits: The dense model's logits on ``retrain_data``, row for row.
+        scores: Importance scores of the dense model.
+        dense: The dense model's metrics and size.
+    """
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    task: TaskData
+    retrain_data: Encoded
+    teacher_logits: torch.Tensor
+    scores: Scores
+    dense: DenseRecord
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: CUDA when there is a GPU, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StudyError("device: 'cuda' was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else key))
+    return flat
+
+
+def _check_fingerprint(directory: Path, spec: StudySpec) -> None:
+    """Refuse a run directory prepared with other settings; name the keys that changed."""
+    path = directory / "fingerprint.json"
+    current = _flatten(spec.prepared_fingerprint())
+    if not path.is_file():
+        directory.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(current, indent=2))
+        return
+    saved = json.loads(path.read_text())
+    changed = sorted(k for k in current.keys() | saved.keys() if current.get(k) != saved.get(k))
+    if changed:
+        raise StudyError(
+            f"{directory.parent} was prepared with a different study: {', '.join(changed)} "
+            f"changed. Start a new run directory (--out) to use the new settings."
+        )
+
+
+def _cached_tensor(path: Path, compute: Any) -> torch.Tensor:
+    if path.is_file():
+        return load_file(str(path))["tensor"]
+    tensor = compute()
+    partial = path.with_name(path.name + ".partial")
+    save_file({"tensor": tensor.contiguous()}, str(partial))
+    partial.rename(path)
+    return tensor
+
+
+def prepare(spec: StudySpec, directory: Path, device: torch.device) -> Prepared:
+    """The study's prepared work, read from ``directory`` where cached, computed otherwise."""
+    _check_fingerprint(directory, spec)
+    started = time.perf_counter()
+    dense_dir = directory / "dense"
+    if dense_dir.is_dir():
+        model, tokenizer = load_pruned(dense_dir)
+        if tokenizer is None:
+            raise StudyError(f"{dense_dir} has no tokenizer; delete {directory} and restart")
+    else:
+        log.info("loading model %s", spec.model.source)
+        model, tokenizer = load_model(spec.model.source, num_labels=spec.model.num_labels)
+
+    data_dir = directory / "data"
+    if data_dir.is_dir():
+        labels = json.loads((data_dir / "labels.json").read_text())
+        task = TaskData.load(data_dir, labels, spec.data.metric)
+    else:
+        log.info("reading and tokenizing the task")
+        task = load_task(spec.data, tokenizer, spec.max_length)
+
+        def write_data(partial: Path) -> None:
+            task.save(partial)
+            (partial / "labels.json").write_text(json.dumps(task.label_names))
+
+        write_atomically(data_dir, write_data)
+    log.info(
+        "data: %d search, %d test, %d pool examples; %d labels",
+        len(task.search),
+        len(task.test),
+        len(task.pool),
+        task.num_labels,
+    )
+    if model.config.num_labels != task.num_labels:
+        raise StudyError(
+            f"model.num_labels: the model has {model.config.num_labels} labels, the task "
+            f"{task.num_labels} ({task.label_names}); set model.num_labels: {task.num_labels}"
+        )
+
+    if not dense_dir.is_dir():
+        nn.Module.to(model, device)
+        if spec.finetune.steps > 0:
+            ft = spec.finetune
+            pool = task.pool if ft.samples is None else task.pool.subset(slice(0, ft.samples))
+            log.info("fine-tuning the dense model: %d steps on %d examples", ft.steps, len(pool))
+            recipe = Recipe(steps=ft.steps, batch_size=ft.batch_size, lr=ft.lr, seed=ft.seed)
+            train(model, pool, recipe, desc="fine-tune")
+        model.cpu()
+        write_atomically(dense_dir, lambda partial: save_pruned(model, partial, tokenizer))
+    model.eval()
+
+    samples = spec.retrain.samples
+    retrain_data = task.pool if samples is None else task.pool.subset(slice(0, samples))
+
+    def teacher() -> torch.Tensor:
+        log.info("teacher logits on %d examples", len(retrain_data))
+        return predict(nn.Module.to(model, device), retrain_data).cpu()
+
+    teacher_logits = _cached_tensor(directory / "teacher_logits.safetensors", teacher)
+
+    scores_file = directory / "scores.safetensors"
+    if scores_file.is_file():
+        scores = Scores.load(scores_file)
+    else:
+        imp = spec.importance
+        scoring = task.pool.subset(slice(0, imp.samples))
+        log.info("importance (%s) on %d examples", imp.method, len(scoring))
+        scores = importance(
+            nn.Module.to(model, device), scoring.batches(imp.batch_size), imp.method
+        )
+        partial = scores_file.with_name(scores_file.name + ".partial")
+        scores.save(partial)
+        partial.rename(scores_file)
+
+    dense_file = directory / "dense.json"
+    if dense_file.is_file():
+        dense = DenseRecord.from_dict(json.loads(dense_file.read_text()))
+    else:
+        nn.Module.to(model, device)
+        dense = DenseRecord(
+            metric_search=evaluate(model, task.search, task.metric),
+            metric_test=evaluate(model, task.test, task.metric),
+            size=measure(model, spec.max_length),
+        )
+        dense_file.write_text(json.dumps(dense.to_dict(), indent=2))
+    model.cpu()
+    log.info(
+        "prepared in %.0f s: dense %s %.4f on search, %.4f on test",
+        time.perf_counter() - started,
+        task.metric,
+        dense.metric_search,
+        dense.metric_test,
+    )
+    return Prepared(model, tokenizer, task, retrain_data, teacher_logits, scores, dense)

@@ -1,0 +1,143 @@
+"""One run = one directory: its files, its Optuna storage, its studies and its lock."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import optuna
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.study import StudyDirection
+
+from autoprune.search.spec import StudyError, StudySpec, load_study
+
+SEARCH = "search"
+BASELINE = "baseline"
+DIRECTIONS = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]  # (task metric, size)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The files of one run.
+
+    ``study.yaml`` (the resolved study), ``search_space.yaml``, ``optuna.db`` (the Optuna
+    storage, unless the study names another), ``prepared/`` (cached shared work),
+    ``checkpoints/`` (retrained models of front trials), ``logs/``, and the plots.
+    """
+
+    path: Path
+
+    @property
+    def study_file(self) -> Path:
+        return self.path / "study.yaml"
+
+    @property
+    def space_file(self) -> Path:
+        return self.path / "search_space.yaml"
+
+    @property
+    def prepared(self) -> Path:
+        return self.path / "prepared"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    def storage_url(self, spec: StudySpec) -> str:
+        return spec.storage or f"sqlite:///{(self.path / 'optuna.db').resolve()}"
+
+    def checkpoint(self, study: str, number: int) -> Path:
+        return self.checkpoints / f"{study}_{number:05d}"
+
+    def load_spec(self) -> StudySpec:
+        if not self.study_file.is_file():
+            raise StudyError(f"{self.path} is not a run directory: it has no study.yaml")
+        return load_study(self.study_file)
+
+
+def open_storage(url: str) -> BaseStorage:
+    """An Optuna storage from an RDB URL (``sqlite:///...``, ``postgresql://...``) or
+    ``journal:PATH`` (a journal file)."""
+    if url.startswith("journal:"):
+        return JournalStorage(JournalFileBackend(url[len("journal:") :]))
+    sqlite_wait = {"connect_args": {"timeout": 60}}  # several processes may write at once
+    return RDBStorage(url, engine_kwargs=sqlite_wait if url.startswith("sqlite") else None)
+
+
+def study_name(spec: StudySpec, which: str) -> str:
+    """Studies are named after the study file, so runs can share one RDB server."""
+    return f"{spec.name}.{which}"
+
+
+def open_study(
+    spec: StudySpec, storage: BaseStorage, which: str, sampler: optuna.samplers.BaseSampler | None
+) -> optuna.Study:
+    """Create or reopen the run's ``search`` or ``baseline`` study."""
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name(spec, which),
+        directions=DIRECTIONS,
+        sampler=sampler,
+        load_if_exists=True,
+    )
+    return study
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held while a search writes to it."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.file = run.path / ".lock"
+        self._handle: IO[str] | None = None
+
+    def __enter__(self) -> RunLock:
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.file, "a+")  # noqa: SIM115 -- held until __exit__
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise StudyError(
+                f"{self.file.parent} is in use by another autoprune process; wait for it to "
+                f"finish or stop it"
+            ) from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._handle is not None:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Have ``write(directory)`` fill a temporary sibling of ``path``, then rename it into
+    place, so that a process killed mid-write leaves no half-written ``path``."""
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    write(partial)
+    shutil.rmtree(path, ignore_errors=True)
+    partial.rename(path)
+
+
+def log_to_run(run: RunDir, name: str) -> logging.Handler:
+    """Also write the ``autoprune`` log to ``RUN/logs/<name>.log``; returns the handler."""
+    run.logs.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run.logs / f"{name}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logging.getLogger("autoprune").addHandler(handler)
+    return handler

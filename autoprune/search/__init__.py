@@ -1,0 +1,1 @@
+"""The search: study files, search spaces, controllers, Pareto fronts and early stopping."""

@@ -1,0 +1,302 @@
+"""Tasks: where the examples come from, how they are split, tokenized and batched.
+
+A task's examples come from local files (CSV, TSV, JSON lines, parquet) or a Hugging Face
+hub dataset. The task's own validation set is the ``test`` split, which the search never
+sees. From the training set, a seeded permutation carves a ``search`` split (what the
+controller optimizes) and, disjoint from it, the pool that fine-tuning, importance scoring
+and retraining draw from.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import pandas as pd
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from safetensors.torch import load_file, save_file
+from transformers import PreTrainedTokenizerBase
+
+from autoprune.tasks.metrics import MetricName
+
+
+class HubSource(BaseModel):
+    """A dataset on the Hugging Face hub (needs network, or a warm ``datasets`` cache)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(description="hub dataset id, e.g. 'nyu-mll/glue'")
+    config: str | None = Field(default=None, description="dataset configuration, e.g. 'sst2'")
+    train_split: str = "train"
+    test_split: str = "validation"
+
+
+class DataSpec(BaseModel):
+    """The ``data:`` section of a study: the task's examples and its splits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    train: Path | None = Field(default=None, description="local training file")
+    test: Path | None = Field(default=None, description="local test file (the task's dev set)")
+    hub: HubSource | None = None
+    text: list[str] = Field(min_length=1, max_length=2, description="one column, or a pair")
+    label: str = "label"
+    labels: list[str | int] | None = Field(
+        default=None, description="label values in id order; by default the sorted training labels"
+    )
+    metric: MetricName = "accuracy"
+    search_samples: int = Field(default=1000, ge=10, description="examples in the search split")
+    train_samples: int | None = Field(
+        default=None, ge=10, description="size of the training pool (default: all the rest)"
+    )
+    test_samples: int | None = Field(
+        default=None, ge=10, description="evaluate on the first N test examples (default: all)"
+    )
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSpec:
+        local = self.train is not None or self.test is not None
+        if local and self.hub is not None:
+            raise ValueError("give either local files (train, test) or hub, not both")
+        if not local and self.hub is None:
+            raise ValueError("give the task's examples: local files (train, test) or hub")
+        if local and (self.train is None or self.test is None):
+            raise ValueError("local data needs both 'train' and 'test' files")
+        return self
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a CSV, TSV, JSON (lines or records) or parquet file into a DataFrame."""
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    suffix = path.suffix.lower()
+    readers = {
+        ".tsv": lambda: pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False),
+        ".csv": lambda: pd.read_csv(path, keep_default_na=False),
+        ".jsonl": lambda: pd.read_json(path, lines=True),
+        ".json": lambda: pd.read_json(path, lines=not path.read_text().lstrip().startswith("[")),
+        ".parquet": lambda: pd.read_parquet(path),
+    }
+    if suffix not in readers:
+        raise ValueError(
+            f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .json, .jsonl or .parquet"
+        )
+    try:
+        return readers[suffix]()
+    except Exception as error:  # pandas and pyarrow raise many kinds
+        raise ValueError(f"{path}: cannot be read as {suffix[1:]}: {error}") from None
+
+
+def _load_frames(spec: DataSpec) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
+    """(train, test, name of the train source, name of the test source)."""
+    if spec.hub is not None:
+        import datasets
+
+        hub = spec.hub
+        try:
+            loaded = {
+                split: datasets.load_dataset(hub.dataset, hub.config, split=split).to_pandas()
+                for split in (hub.train_split, hub.test_split)
+            }
+        except Exception as error:  # the hub raises many kinds; all mean "not available"
+            raise FileNotFoundError(
+                f"could not load hub dataset {hub.dataset!r} ({hub.config}): {error}. Offline? "
+                f"Give local files with data.train and data.test instead."
+            ) from None
+        name = f"hub:{hub.dataset}/{hub.config}"
+        return loaded[hub.train_split], loaded[hub.test_split], name, name
+    train, test = Path(str(spec.train)), Path(str(spec.test))  # both set: DataSpec checks it
+    return read_table(train), read_table(test), str(train), str(test)
+
+
+@dataclass
+class Encoded:
+    """Tokenized examples, right-padded to one length.
+
+    Attributes:
+        input_ids: ``(examples, max_length)`` token ids.
+        attention_mask: ``(examples, max_length)``, 1 on tokens, 0 on padding.
+        labels: ``(examples,)`` label ids.
+        token_type_ids: ``(examples, max_length)`` segment ids, for models that take them.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    token_type_ids: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: torch.Tensor | slice) -> Encoded:
+        return Encoded(
+            **{
+                f.name: getattr(self, f.name)[index]
+                for f in fields(self)
+                if getattr(self, f.name) is not None
+            }
+        )
+
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        extra: dict[str, torch.Tensor] | None = None,
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        """One pass over the examples in batches, each trimmed to its longest example.
+
+        ``extra`` maps names to tensors with one row per example (teacher logits, say); each
+        batch carries their rows for its examples under those names.
+        """
+        order = (
+            torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+            if shuffle
+            else torch.arange(len(self))
+        )
+        for start in range(0, len(self), batch_size):
+            index = order[start : start + batch_size]
+            length = max(int(self.attention_mask[index].sum(dim=1).max()), 1)
+            batch = {
+                "input_ids": self.input_ids[index, :length],
+                "attention_mask": self.attention_mask[index, :length],
+                "labels": self.labels[index],
+            }
+            if self.token_type_ids is not None:
+                batch["token_type_ids"] = self.token_type_ids[index, :length]
+            for name, rows in (extra or {}).items():
+                batch[name] = rows[index]
+            yield batch
+
+    def save(self, path: Path) -> None:
+        tensors = {
+            f.name: getattr(self, f.name).contiguous()
+            for f in fields(self)
+            if getattr(self, f.name) is not None
+        }
+        save_file(tensors, str(path))
+
+    @classmethod
+    def load(cls, path: Path) -> Encoded:
+        return cls(**load_file(str(path)))
+
+
+@dataclass
+class TaskData:
+    """A task, tokenized and split.
+
+    Attributes:
+        search: What trials report to the controller (carved from the training set).
+        test: The task's validation set: evaluated in every trial, never shown to the controller.
+        pool: Training examples disjoint from ``search``: fine-tuning, importance, retraining.
+        label_names: Label values in id order.
+        metric: The task's metric.
+    """
+
+    search: Encoded
+    test: Encoded
+    pool: Encoded
+    label_names: list[str]
+    metric: MetricName
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def save(self, directory: Path) -> None:
+        """Write the three splits to ``directory`` (the labels and metric live in the study)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for split in ("search", "test", "pool"):
+            getattr(self, split).save(directory / f"{split}.safetensors")
+
+    @classmethod
+    def load(cls, directory: Path, label_names: list[str], metric: MetricName) -> TaskData:
+        splits = {
+            s: Encoded.load(directory / f"{s}.safetensors") for s in ("search", "test", "pool")
+        }
+        return cls(**splits, label_names=label_names, metric=metric)
+
+
+def _check_columns(frame: pd.DataFrame, columns: list[str], source: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{source}: column(s) {missing} not found; the file has {list(frame.columns)} "
+            f"(set data.text and data.label in the study)"
+        )
+
+
+def _label_ids(values: pd.Series, names: list[str], source: str) -> torch.Tensor:
+    lookup = {name: i for i, name in enumerate(names)}
+    unknown = sorted({str(v) for v in values} - set(lookup))
+    if unknown:
+        raise ValueError(f"{source}: label value(s) {unknown[:5]} are not among {names}")
+    return torch.tensor([lookup[str(v)] for v in values], dtype=torch.long)
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerBase,
+    frame: pd.DataFrame,
+    text: list[str],
+    label: str,
+    label_names: list[str],
+    max_length: int,
+    source: str,
+) -> Encoded:
+    """Tokenize ``frame``'s text column(s), right-padded and truncated to ``max_length``."""
+    columns = [frame[c].astype(str).tolist() for c in text]
+    tokens = tokenizer(
+        *columns,
+        truncation=True,
+        max_length=max_length,
+        padding="max_length",
+        return_tensors="pt",
+    )
+    return Encoded(
+        input_ids=tokens["input_ids"],
+        attention_mask=tokens["attention_mask"],
+        labels=_label_ids(frame[label], label_names, source),
+        token_type_ids=tokens.get("token_type_ids"),
+    )
+
+
+def load_task(spec: DataSpec, tokenizer: PreTrainedTokenizerBase, max_length: int) -> TaskData:
+    """Read, split and tokenize the task; the same ``spec`` always gives the same splits."""
+    train, test, train_source, test_source = _load_frames(spec)
+    _check_columns(train, [*spec.text, spec.label], train_source)
+    _check_columns(test, [*spec.text, spec.label], test_source)
+    names = (
+        [str(v) for v in spec.labels]
+        if spec.labels
+        else sorted({str(v) for v in train[spec.label]})
+    )
+    if len(names) < 2:
+        raise ValueError(f"{train_source}: column {spec.label!r} has fewer than 2 label values")
+    if len(train) <= spec.search_samples:
+        raise ValueError(
+            f"{train_source}: {len(train)} training examples cannot give a search split of "
+            f"{spec.search_samples} (data.search_samples) and a training pool"
+        )
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(spec.seed))
+    search_rows = order[: spec.search_samples]
+    pool_rows = order[spec.search_samples :]
+    if spec.train_samples is not None:
+        pool_rows = pool_rows[: spec.train_samples]
+    if spec.test_samples is not None:
+        test = test.iloc[: spec.test_samples]
+
+    def tokenized(frame: pd.DataFrame, source: str) -> Encoded:
+        return encode(tokenizer, frame, spec.text, spec.label, names, max_length, source)
+
+    return TaskData(
+        search=tokenized(train.iloc[search_rows.numpy()], train_source),
+        test=tokenized(test, test_source),
+        pool=tokenized(train.iloc[pool_rows.numpy()], train_source),
+        label_names=names,
+        metric=spec.metric,
+    )
