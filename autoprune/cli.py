@@ -12,11 +12,9 @@ from typing import Any, get_args
 import optuna
 
 from autoprune.reports.results import TableFormat
-from autoprune.run.ledger import Kind
+from autoprune.run.ledger import KINDS, Kind
 from autoprune.search.controllers import CONTROLLERS
-from autoprune.search.spec import BackendName
-
-KINDS = get_args(Kind)
+from autoprune.search.spec import BackendName, StudyError
 
 log = logging.getLogger("autoprune")
 
@@ -33,7 +31,7 @@ def _ratios(text: str) -> list[float]:
 
 def _search(args: argparse.Namespace) -> None:
     from autoprune.reports.results import load_run, render
-    from autoprune.run.search import run_search
+    from autoprune.workflow import run_search
 
     overrides: dict[str, Any] = {}
     if args.backend == "local":  # a Ray study run locally: its Ray-only settings do not apply
@@ -56,24 +54,27 @@ def _search(args: argparse.Namespace) -> None:
     ):
         if value is not None:
             overrides[key] = value
-    session = run_search(args.study, args.out, overrides)
-    print(render(load_run(session.run.path)))
+    print(render(load_run(run_search(args.study, args.out, overrides))))
 
 
 def _baseline(args: argparse.Namespace) -> None:
     from autoprune.reports.results import load_run, render
-    from autoprune.run.rundir import RunDir, RunLock
-    from autoprune.run.session import baseline_configs, open_run, run_baseline_configs
+    from autoprune.workflow import run_baselines
 
     if bool(args.heads_ratios) != bool(args.ffn_ratios):
-        raise ValueError("--heads-ratios and --ffn-ratios go together (a layer-uniform grid)")
-    with RunLock(RunDir(Path(args.run))):
-        session = open_run(args.run, read_only=False)
-        configs = baseline_configs(
-            session, args.ratios, args.heads_ratios or (), args.ffn_ratios or ()
-        )
-        run_baseline_configs(session, configs)
-    print(render(load_run(args.run), kind="uniform"))
+        raise StudyError("--heads-ratios and --ffn-ratios go together (a layer-uniform grid)")
+    if not Path(args.run).is_dir():
+        raise StudyError(f"run directory not found: {args.run}")
+    run_dir = run_baselines(
+        args.run,
+        uniform=args.ratios,
+        head_ratios=args.heads_ratios or (),
+        ffn_ratios=args.ffn_ratios or (),
+    )
+    run = load_run(run_dir)
+    trained: list[Kind] = ["uniform"] * bool(args.ratios)
+    trained += ["layer-uniform"] * bool(args.heads_ratios)
+    print("\n\n".join(render(run, kind=kind) for kind in trained))
 
 
 def _pareto(args: argparse.Namespace) -> None:
@@ -142,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     pareto = commands.add_parser("pareto", help="print the Pareto front of a run")
     pareto.add_argument("run")
     pareto.add_argument("--format", choices=get_args(TableFormat), default="table")
-    pareto.add_argument("--kind", choices=["search", "uniform", "layer-uniform"], default="search")
+    pareto.add_argument("--kind", choices=KINDS, default="search")
     pareto.set_defaults(handler=_pareto)
 
     plot = commands.add_parser("plot", help="write pareto.png and pareto.html")

@@ -18,10 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from common import REPO, run_dir_sharing, write_results
+from common import (
+    REPO,
+    SMOKE_OVERRIDES,
+    add_smoke_flag,
+    results_dir,
+    run_dir_sharing,
+    write_results,
+)
 
 from autoprune.reports.results import load_run
-from autoprune.run.search import run_search
+from autoprune.workflow import run_search
 
 STUDY = REPO / "studies" / "bench_sst2.yaml"
 
@@ -52,7 +59,11 @@ def main() -> None:
     parser.add_argument(
         "--prepared", default=str(REPO / "benchmarks" / "runs" / "sst2" / "prepared")
     )
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    if args.smoke:  # a few seconds each, on tiny data prepared apart from the real runs
+        args.seconds, args.retrain_steps = 10.0, 4
+        args.prepared = str(Path(args.out) / "prepared")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     steps = args.retrain_steps
@@ -61,8 +72,9 @@ def main() -> None:
         "controller.seed": 0,
         "budget.trials": None,
         "budget.wall_time": args.seconds,
-        "retrain.steps": steps,
         "baseline.ratios": [],
+        **(SMOKE_OVERRIDES if args.smoke else {}),
+        "retrain.steps": steps,
     }
     rungs = [steps // 4, steps // 2]
     rows = {
@@ -95,7 +107,7 @@ def main() -> None:
             f"| {name} | {row['complete']} | {row['stopped']} | {row['hv_test']:.4f} | "
             f"{row['hv_search']:.4f} | {'—' if best is None else f'{best:.4f}'} |"
         )
-    write_results("early_stopping", report, lines)
+    write_results("early_stopping", report, lines, results_dir(args.smoke, Path(args.out)))
     print("\n".join(lines))
 
 

@@ -16,9 +16,10 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+from pathlib import Path
 
 import torch
-from common import write_results
+from common import RUNS, add_smoke_flag, results_dir, write_results
 
 import autoprune
 from autoprune import PruneConfig
@@ -31,7 +32,11 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=15, help="timed passes per model")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", default=str(RUNS / "latency"), help="where a smoke run writes")
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    if args.smoke:
+        args.batch_size, args.seq_len, args.rounds = 2, 16, 2
     torch.set_num_threads(args.threads)
 
     dense, _ = autoprune.load_model(args.model, num_labels=2)
@@ -96,7 +101,7 @@ def main() -> None:
             f"{r['nonzero_prunable'] / 1e6:.2f}M | {r['macs_per_sequence'] / 1e9:.2f}G | "
             f"{r['median_s']:.3f} | {r['speedup_vs_dense']:.2f}x |"
         )
-    write_results("latency", result, lines)
+    write_results("latency", result, lines, results_dir(args.smoke, Path(args.out)))
     print("\n".join(lines))
 
 

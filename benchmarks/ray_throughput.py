@@ -27,13 +27,17 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from common import REPO, run_dir_sharing, write_results
+from common import (
+    REPO,
+    SMOKE_OVERRIDES,
+    add_smoke_flag,
+    results_dir,
+    run_dir_sharing,
+    write_results,
+)
 
 from autoprune.backends import run_trials
-from autoprune.run.ledger import count_spent
-from autoprune.run.rundir import RunDir, RunLock
-from autoprune.run.session import open_session
-from autoprune.search.spec import load_study
+from autoprune.workflow import opened_run
 
 STUDY = REPO / "studies" / "bench_sst2.yaml"
 SETUPS: dict[str, dict[str, Any]] = {
@@ -56,16 +60,14 @@ log = logging.getLogger("autoprune")
 
 def measure(name: str, overrides: dict[str, Any], root: Path, shared: Path) -> dict[str, Any]:
     out = run_dir_sharing(root / name.replace(", ", "-").replace(" ", "_"), shared)
-    spec = load_study(STUDY, overrides)
-    run = RunDir(out)
-    with RunLock(run):
-        session = open_session(spec, run)
-        if count_spent(session.search):
+    with opened_run(STUDY, out, overrides) as session:
+        if session.search.count_spent():
             raise SystemExit(f"{out} already holds trials; remove it to measure again")
         started = time.perf_counter()
         run_trials(session)
         wall = time.perf_counter() - started
-    trials = [t for t in session.search.trials if t.user_attrs.get("status") == "complete"]
+    study = session.search.study
+    trials = [t for t in study.trials if t.user_attrs.get("status") == "complete"]
     inside = [t.user_attrs["seconds"]["total"] for t in trials]
     result = {
         "trials": len(trials),
@@ -74,7 +76,7 @@ def measure(name: str, overrides: dict[str, Any], root: Path, shared: Path) -> d
         "mean_trial_work_s": statistics.mean(inside),
         "wall_per_trial_s": wall / len(trials),
     }
-    concurrent = spec.backend.concurrent_trials
+    concurrent = session.spec.backend.concurrent_trials
     result["overhead_per_trial_s"] = wall * concurrent / len(trials) - result["mean_trial_work_s"]
     log.info("%s: %s", name, json.dumps(result))
     return result
@@ -90,15 +92,20 @@ def main() -> None:
         default=str(REPO / "benchmarks" / "runs" / "sst2" / "prepared"),
         help="prepared work to share (made if absent)",
     )
+    add_smoke_flag(parser)
     args = parser.parse_args()
+    if args.smoke:  # tiny data prepared apart from the real runs
+        args.trials, args.retrain_steps = 2, 2
+        args.prepared = str(Path(args.out) / "prepared")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     common = {
         "controller.name": "random",
         "controller.seed": 0,
         "budget.trials": args.trials,
-        "retrain.steps": args.retrain_steps,
         "baseline.ratios": [],
+        **(SMOKE_OVERRIDES if args.smoke else {}),
+        "retrain.steps": args.retrain_steps,
     }
     rows = {
         name: measure(name, {**common, **extra}, Path(args.out), Path(args.prepared))
@@ -130,7 +137,7 @@ def main() -> None:
         f"Ray against local, both one trial at a time on 1 CPU: "
         f"{report['ray_overhead_per_trial_s']:+.1f} s of wall time per trial.",
     ]
-    write_results("ray_throughput", report, lines)
+    write_results("ray_throughput", report, lines, results_dir(args.smoke, Path(args.out)))
     print("\n".join(lines))
 
 

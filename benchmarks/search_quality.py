@@ -33,13 +33,18 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
-from common import REPO, RESULTS, RUNS, run_dir_sharing, write_results  # noqa: E402
+from common import (  # noqa: E402
+    REPO,
+    RUNS,
+    SMOKE_OVERRIDES,
+    add_smoke_flag,
+    results_dir,
+    run_dir_sharing,
+    write_results,
+)
 
 from autoprune.reports.results import Run, load_run  # noqa: E402
-from autoprune.run.rundir import RunDir, RunLock  # noqa: E402
-from autoprune.run.search import run_search  # noqa: E402
-from autoprune.run.session import baseline_configs, open_session, run_baseline_configs  # noqa: E402
-from autoprune.search.spec import load_study  # noqa: E402
+from autoprune.workflow import run_baselines, run_search  # noqa: E402
 
 STUDIES = {"sst2": REPO / "studies" / "bench_sst2.yaml", "rte": REPO / "studies" / "bench_rte.yaml"}
 CONTROLLERS = ("tpe", "nsga2", "rl", "random")
@@ -73,12 +78,10 @@ def controller_run(
 
 def baseline_run(root: Path, task: str, mode: str, seed: int, overrides: dict[str, Any]) -> Run:
     out = run_dir_sharing(root / task / mode / f"baselines-s{seed}", root / task / "prepared")
-    spec = load_study(STUDIES[task], {**overrides, "retrain.seed": seed, "budget.trials": 1})
-    run = RunDir(out)
-    with RunLock(run):
-        session = open_session(spec, run)
-        configs = baseline_configs(session, UNIFORM, GRID, GRID)
-        run_baseline_configs(session, configs)
+    overrides = {**overrides, "retrain.seed": seed, "budget.trials": 1}
+    run_baselines(
+        STUDIES[task], out, overrides, uniform=UNIFORM, head_ratios=GRID, ffn_ratios=GRID
+    )
     return load_run(out)
 
 
@@ -191,7 +194,7 @@ def main() -> None:
     )
     parser.add_argument("--rte-trials", type=int, default=10)
     parser.add_argument("--out", default=str(RUNS))
-    parser.add_argument("--smoke", action="store_true", help="tiny settings, to check the script")
+    add_smoke_flag(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -199,20 +202,12 @@ def main() -> None:
 
     started = time.perf_counter()
     root = Path(args.out)
-    results = RESULTS if not args.smoke else root / "results"
+    results = results_dir(args.smoke, root)
     results.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
         "command": "python benchmarks/search_quality.py",
         "threads": torch.get_num_threads(),
         "blocks": [],
-    }
-    smoke = {
-        "data.search_samples": 64,
-        "data.train_samples": 256,
-        "data.test_samples": 64,
-        "finetune.steps": 4,
-        "importance.samples": 32,
-        "retrain.steps": 2,
     }
     for task in args.tasks.split(","):
         modes = [("retrain", None)] + ([("retrain-free", 0)] if task == "sst2" else [])
@@ -223,7 +218,8 @@ def main() -> None:
                 if steps == 0
                 else (args.trials if task == "sst2" else args.rte_trials)
             )
-            overrides: dict[str, Any] = {"budget.trials": trials, **(smoke if args.smoke else {})}
+            overrides: dict[str, Any] = {"budget.trials": trials}
+            overrides.update(SMOKE_OVERRIDES if args.smoke else {})
             if steps is not None:
                 overrides["retrain.steps"] = steps
             log.info(

@@ -122,11 +122,13 @@ def sst2_task(data_dir: Path, minilm_path: str):
 def finetuned_minilm(minilm_path: str, sst2_task):
     """The real MiniLM, fine-tuned on SST-2 for 40 steps (about 30 s here)."""
     import autoprune
+    from autoprune.tasks import Classification
     from autoprune.tasks.train import Recipe, train
 
-    task, _ = sst2_task
+    data, _ = sst2_task
     model, _ = autoprune.load_model(minilm_path, num_labels=2)
-    train(model, task.pool, Recipe(steps=40, batch_size=32, lr=1e-4, seed=0))
+    task = Classification(metric="accuracy", num_labels=2)
+    train(model, data.pool, Recipe(steps=40, batch_size=32, lr=1e-4, seed=0), task)
     return model
 
 
@@ -172,3 +174,15 @@ def new_run_with_prepared(run_dir: Path, tmp_path: Path) -> Path:
     out = tmp_path / "run"
     shutil.copytree(run_dir / "prepared", out / "prepared")
     return out
+
+
+def search_study(run: Path):
+    """The Optuna search study of run directory ``run``, as saved."""
+    import optuna
+
+    from autoprune.run.rundir import SEARCH, RunDir, open_storage, study_name
+
+    run_dir = RunDir(run)
+    spec = run_dir.load_spec()
+    storage = open_storage(run_dir.storage_url(spec))
+    return optuna.load_study(study_name=study_name(spec, SEARCH), storage=storage)

@@ -6,18 +6,18 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import new_run_with_prepared
+from conftest import new_run_with_prepared, search_study
 
 from autoprune import describe
 from autoprune.reports.results import load_run
 from autoprune.run.ledger import count_spent
-from autoprune.run.search import run_search
 from autoprune.search.early_stopping import (
     crowding_distances,
     nondominated_ranks,
     preference_order,
     should_continue,
 )
+from autoprune.workflow import run_search
 
 
 def test_ranks_and_crowding() -> None:
@@ -43,14 +43,14 @@ def test_synthetic_study_records_stopped_trials_and_keeps_them_off_the_front(
 ) -> None:
     """A metric that grows with the heads kept: no trial dominates another, so at a rung of
     two trials the later one is the one that stops (ties go to the earlier trial)."""
-    import autoprune.run.trial as trial_module
+    from autoprune.tasks import Classification
 
-    def synthetic(model, data, metric):  # noqa: ARG001 -- the task's metric is replaced
+    def synthetic(self, model, data):  # noqa: ARG001 -- the task's metric is replaced
         return 0.5 + 0.4 * sum(describe(model).heads) / 72
 
-    monkeypatch.setattr(trial_module, "evaluate", synthetic)
+    monkeypatch.setattr(Classification, "evaluate", synthetic)
     out = new_run_with_prepared(run_dir, tmp_path)
-    session = run_search(
+    run_search(
         study_file,
         out,
         {
@@ -62,11 +62,12 @@ def test_synthetic_study_records_stopped_trials_and_keeps_them_off_the_front(
             "objectives.max_size": None,
         },
     )
-    assert count_spent(session.search) == 5
+    study = search_study(out)
+    assert count_spent(study) == 5
     run = load_run(out)
     stopped = run.trials[run.trials["status"] == "stopped"]
     assert len(stopped) >= 1
-    for trial in session.search.trials:
+    for trial in study.trials:
         if trial.user_attrs.get("status") == "stopped":
             assert trial.state.name == "PRUNED" and trial.values is None
             assert trial.user_attrs["metric_test"] is None

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import autoprune
 from autoprune import PruneConfig
-from autoprune.tasks.train import evaluate
+from autoprune.tasks import Classification
 
 
 def test_describe_real_minilm(minilm_path: str) -> None:
@@ -70,7 +70,8 @@ def test_pruned_minilm_round_trips_with_tokenizer(finetuned_minilm, sst2_task, t
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     with torch.no_grad():
         assert torch.equal(reloaded(**inputs).logits, pruned.eval()(**inputs).logits)
-    assert evaluate(reloaded, task.test, "accuracy") == evaluate(pruned, task.test, "accuracy")
+    accuracy = Classification(metric="accuracy", num_labels=2)
+    assert accuracy.evaluate(reloaded, task.test) == accuracy.evaluate(pruned, task.test)
     again, _ = autoprune.load_model(str(tmp_path / "pruned"))
     assert autoprune.describe(again) == autoprune.describe(pruned)
 

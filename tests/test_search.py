@@ -9,15 +9,14 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import REPO, new_run_with_prepared
+from conftest import REPO, new_run_with_prepared, search_study
 
 import autoprune
 from autoprune import cli
 from autoprune.reports.results import load_run
 from autoprune.run.ledger import count_spent
-from autoprune.run.rundir import SEARCH, RunDir, open_storage, open_study
-from autoprune.run.search import run_search
-from autoprune.search.spec import StudyError, load_study
+from autoprune.search.spec import StudyError
+from autoprune.workflow import run_search
 
 
 def test_search_records_every_trial_and_the_dense_model(run_dir: Path) -> None:
@@ -40,11 +39,9 @@ def test_resume_continues_to_the_budget_and_skips_interrupted(
 ) -> None:
     prepared_files = sorted((run_dir / "prepared").rglob("*"))
     mtimes = {p: p.stat().st_mtime for p in prepared_files}
-    spec = load_study(study_file)
-    study = open_study(spec, open_storage(RunDir(run_dir).storage_url(spec)), SEARCH, None)
-    study.ask()  # a trial left running, as by a driver killed mid-trial
+    search_study(run_dir).ask()  # a trial left running, as by a driver killed mid-trial
     assert cli.main(["search", str(run_dir), "--trials", "3"]) == 0  # resume by directory
-    study = open_study(spec, open_storage(RunDir(run_dir).storage_url(spec)), SEARCH, None)
+    study = search_study(run_dir)
     assert count_spent(study) == 3
     statuses = [t.user_attrs.get("status") for t in study.trials]
     assert statuses.count("interrupted") == 1
@@ -99,9 +96,9 @@ def test_export_errors_are_clear(run_dir: Path, tmp_path: Path, capsys) -> None:
 def test_a_failing_trial_is_recorded_and_the_search_goes_on(
     run_dir: Path, study_file: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    import autoprune.run.session as study_module
+    import autoprune.run.execute as execute_module
 
-    real = study_module.run_trial
+    real = execute_module.run_trial
     calls = []
 
     def failing_once(*args, **kwargs):
@@ -110,7 +107,7 @@ def test_a_failing_trial_is_recorded_and_the_search_goes_on(
             raise RuntimeError("injected failure")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(study_module, "run_trial", failing_once)
+    monkeypatch.setattr(execute_module, "run_trial", failing_once)
     out = new_run_with_prepared(run_dir, tmp_path)
     run_search(
         study_file,
@@ -152,6 +149,7 @@ def test_run_prepared_for_another_study_is_refused(run_dir: Path, study_file: Pa
 def test_nan_loss_raises_training_diverged() -> None:
     from conftest import tiny_batch, tiny_model
 
+    from autoprune.tasks import Classification
     from autoprune.tasks.data import Encoded
     from autoprune.tasks.train import Recipe, TrainingDiverged, train
 
@@ -161,13 +159,23 @@ def test_nan_loss_raises_training_diverged() -> None:
     batch = tiny_batch()
     data = Encoded(batch["input_ids"], batch["attention_mask"], batch["labels"])
     with pytest.raises(TrainingDiverged, match="the loss is nan at step 1"):
-        train(model, data, Recipe(steps=2, batch_size=4))
+        train(model, data, Recipe(steps=2, batch_size=4), Classification(metric="f1", num_labels=2))
 
 
-def test_interrupted_count_is_not_spent() -> None:
+def test_interrupted_count_is_not_spent(tmp_path: Path) -> None:
+    from autoprune.run.ledger import Ledger
+    from autoprune.run.rundir import RunDir
+    from autoprune.search.spec import EarlyStoppingSpec
+    from autoprune.tasks import Classification
+
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.ask()
-    from autoprune.run.ledger import recover_interrupted
-
-    assert recover_interrupted(study) == 1
-    assert count_spent(study) == 0
+    ledger = Ledger(
+        study,
+        task=Classification(metric="accuracy", num_labels=2),
+        size_unit="prunable",
+        run=RunDir(tmp_path),
+        early_stopping=EarlyStoppingSpec(),
+    )
+    assert ledger.recover_interrupted() == 1
+    assert count_spent(study) == 0 and study.trials[0].user_attrs["status"] == "interrupted"

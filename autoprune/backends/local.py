@@ -7,8 +7,9 @@ import time
 
 import torch
 
-from autoprune.run.ledger import count_spent
-from autoprune.run.session import Session, evaluate_and_record
+from autoprune.run.execute import execute
+from autoprune.run.propose import Proposer
+from autoprune.run.session import Session
 
 log = logging.getLogger("autoprune")
 
@@ -25,14 +26,17 @@ def run_trials(session: Session) -> None:
     if cpus is not None:
         torch.set_num_threads(max(1, int(cpus)))
     started = time.perf_counter()
-    distributions = session.space.distributions()
+    ledger = session.search
+    proposer = Proposer(
+        ledger, session.space, session.sizes, session.spec.objectives, session.settings
+    )
     while True:
-        spent = count_spent(session.search)
+        spent = ledger.count_spent()
         if budget.trials is not None and spent >= budget.trials:
             log.info("budget reached: %d trials", spent)
             return
         if budget.wall_time is not None and time.perf_counter() - started >= budget.wall_time:
             log.info("wall time reached: %.0f s, %d trials", budget.wall_time, spent)
             return
-        trial, config = session.propose(session.search, distributions)
-        evaluate_and_record(session, session.search, trial, config, "search")
+        trial, config = proposer.propose()
+        execute(session.prepared, session.settings, ledger, trial.number, config, "search")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Literal
 
+import torch
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -14,7 +14,6 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-Task = Literal["sequence-classification"]
 PACKAGE_PREFIX = "package:"
 
 
@@ -49,16 +48,25 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
 
 
+def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
+    """The tokenizer of the model at ``source`` (a directory, a hub id or ``package:NAME``)."""
+    location = resolve_source(str(source))
+    try:
+        return AutoTokenizer.from_pretrained(str(Path(location).expanduser()))
+    except OSError as error:
+        raise ModelNotFoundError(f"could not load the tokenizer of {location!r}: {error}") from None
+
+
 def load_model(
-    source: str | Path, task: Task = "sequence-classification", num_labels: int | None = None
+    source: str | Path, num_labels: int | None = None, seed: int = 0
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load ``(model, tokenizer)`` from a directory, a hub id or ``package:NAME``.
+    """Load ``(model, tokenizer)`` of a sequence classifier from a directory, a hub id or
+    ``package:NAME``.
 
     A directory written by :func:`autoprune.save_pruned` is loaded as a pruned model.
-    A classifier head the checkpoint lacks is freshly initialized with ``num_labels`` labels.
+    A classifier head the checkpoint lacks is freshly initialized with ``num_labels`` labels
+    from ``seed``: the same arguments always give the same model.
     """
-    if task != "sequence-classification":
-        raise ValueError(f"task {task!r} is not supported; supported: 'sequence-classification'")
     location = resolve_source(str(source))
     path = Path(location).expanduser()
     if path.is_dir():
@@ -82,6 +90,8 @@ def load_model(
             f"download it where there is network (huggingface-cli download {location} "
             f"--local-dir DIR) and pass DIR instead."
         ) from None
-    model = AutoModelForSequenceClassification.from_pretrained(location, **kwargs)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_pretrained(location, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(location)
     return model, tokenizer

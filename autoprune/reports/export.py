@@ -22,10 +22,8 @@ from autoprune.engine.prune import PruneConfig
 from autoprune.engine.serialize import load_pruned, save_pruned
 from autoprune.reports.results import Run, load_run
 from autoprune.run.ledger import Kind
-from autoprune.run.rundir import BASELINE, SEARCH, RunDir
 from autoprune.run.session import open_run
 from autoprune.run.trial import run_trial
-from autoprune.tasks.train import evaluate
 
 log = logging.getLogger("autoprune")
 
@@ -72,11 +70,13 @@ def choose_trial(
                 f"{front['size'].min():.3f} ({run.size_unit})"
             )
         return best
-    reaching = front[front["metric_search"] >= min_metric]
+    search = front["metric_search"]
+    reaching = front[search >= min_metric if run.higher_is_better else search <= min_metric]
     if reaching.empty:
+        best = search.max() if run.higher_is_better else search.min()
         raise ValueError(
             f"--min-metric {min_metric}: no front trial reaches it on the search split; the "
-            f"best reaches {front['metric_search'].max():.4f} ({run.metric})"
+            f"best reaches {best:.4f} ({run.metric})"
         )
     return reaching.sort_values("size").iloc[0]
 
@@ -127,16 +127,16 @@ def export(
     number = int(row["trial"])
     config = PruneConfig(list(row["heads"]), list(row["ffn"]), list(row["sparsity"]))
     session = open_run(run.path)
-    checkpoint = RunDir(run.path).checkpoint(SEARCH if kind == "search" else BASELINE, number)
+    checkpoint = session.run.checkpoint(kind, number)
     if checkpoint.is_dir():
         model, _ = load_pruned(checkpoint)
     else:
         log.info("trial %d kept no checkpoint (not on the front): re-running it", number)
         _, model = run_trial(session.prepared, config, session.settings)
-    task = session.prepared.task
+    task, data = session.prepared.task, session.prepared.data
     measured = {
-        "metric_search": evaluate(model, task.search, task.metric),
-        "metric_test": evaluate(model, task.test, task.metric),
+        "metric_search": task.evaluate(model, data.search),
+        "metric_test": task.evaluate(model, data.test),
     }
     recorded = {
         "metric_search": float(row["metric_search"]),

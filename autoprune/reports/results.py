@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from autoprune.engine.measure import SizeUnit
 from autoprune.run.ledger import KIND, Kind, status_of
 from autoprune.run.prepare import DenseRecord
-from autoprune.run.rundir import BASELINE, SEARCH, RunDir, open_storage, open_study
+from autoprune.run.rundir import BASELINE, SEARCH, RunDir, open_storage, study_name
 from autoprune.run.trial import SIZE_UNITS
 from autoprune.search.pareto import hypervolume, nondominated
 from autoprune.search.spec import StudySpec
@@ -36,18 +36,22 @@ class Run:
         spec: Its resolved study.
         trials: One row per trial of the search and the baseline studies.
         dense: The dense model's metrics and size.
-        chance: The metric's chance level (the hypervolume's reference).
+        metric: The task's metric.
+        higher_is_better: Whether the metric goes up (accuracy) or down (perplexity).
+        reference: The hypervolume's reference metric (chance level, or a stated cap).
     """
 
     path: Path
     spec: StudySpec
     trials: pd.DataFrame
     dense: DenseRecord
-    chance: float
+    metric: str
+    higher_is_better: bool
+    reference: float
 
-    @property
-    def metric(self) -> str:
-        return self.spec.data.metric
+    def _score(self, metric: pd.Series) -> list[float]:
+        """Metrics oriented so that higher is better, as fronts compare them."""
+        return [m if self.higher_is_better else -m for m in metric]
 
     @property
     def size_unit(self) -> SizeUnit:
@@ -63,21 +67,25 @@ class Run:
         rows = self.complete(kind)
         if rows.empty:
             return rows
-        points = list(zip(rows["metric_search"], rows["size"], strict=True))
+        points = list(zip(self._score(rows["metric_search"]), rows["size"], strict=True))
         return rows[nondominated(points)].sort_values(["size", "metric_search"])
 
     def hypervolume(self, kind: Kind = "search", split: Split = "search") -> float:
         """Hypervolume of ``kind``'s front (chosen on search) with its ``split`` metrics,
-        against the reference (chance level, size 1.0)."""
+        against the reference (the task's reference metric, size 1.0)."""
         front = self.front(kind)
-        points = list(zip(front[f"metric_{split}"], front["size"], strict=True))
-        return hypervolume(points, (self.chance, 1.0))
+        points = list(zip(self._score(front[f"metric_{split}"]), front["size"], strict=True))
+        reference = self.reference if self.higher_is_better else -self.reference
+        return hypervolume(points, (reference, 1.0))
 
     def best_under(self, max_size: float, kind: Kind = "search") -> pd.Series | None:
-        """The front trial with the highest search metric at size <= ``max_size``."""
+        """The front trial with the best search metric at size <= ``max_size``."""
         front = self.front(kind)
         fitting = front[front["size"] <= max_size]
-        return None if fitting.empty else fitting.sort_values("metric_search").iloc[-1]
+        if fitting.empty:
+            return None
+        ordered = fitting.sort_values("metric_search", ascending=self.higher_is_better)
+        return ordered.iloc[-1]
 
 
 COLUMNS = [
@@ -85,6 +93,8 @@ COLUMNS = [
     "trial",
     "kind",
     "status",
+    "stage",
+    "fidelity",
     "metric_search",
     "metric_test",
     "metric_search_before",
@@ -114,6 +124,8 @@ def _rows(study: optuna.Study, which: str, size_unit: SizeUnit) -> list[dict[str
                 "kind": attrs.get(KIND, "search" if which == SEARCH else "uniform"),
                 "status": status_of(trial)
                 or ("running" if trial.state == TrialState.RUNNING else trial.state.name.lower()),
+                "stage": attrs.get("stage"),
+                "fidelity": attrs.get("fidelity"),
                 "metric_search": attrs.get("metric_search"),
                 "metric_test": attrs.get("metric_test"),
                 "metric_search_before": attrs.get("metric_search_before"),
@@ -137,8 +149,8 @@ def load_run(path: str | Path) -> Run:
     run = RunDir(Path(path))
     spec = run.load_spec()
     storage = open_storage(run.storage_url(spec))
-    search = open_study(spec, storage, SEARCH, None)
-    baseline = open_study(spec, storage, BASELINE, None)
+    search = optuna.load_study(study_name=study_name(spec, SEARCH), storage=storage)
+    baseline = optuna.load_study(study_name=study_name(spec, BASELINE), storage=storage)
     if "dense" not in search.user_attrs:
         raise FileNotFoundError(f"{run.path}: the search has not prepared its dense model yet")
     rows = _rows(search, SEARCH, spec.objectives.size) + _rows(
@@ -150,7 +162,9 @@ def load_run(path: str | Path) -> Run:
         spec=spec,
         trials=trials,
         dense=DenseRecord.from_dict(search.user_attrs["dense"]),
-        chance=float(search.user_attrs["chance"]),
+        metric=str(search.user_attrs["metric"]),
+        higher_is_better=search.user_attrs["direction"] == "maximize",
+        reference=float(search.user_attrs["reference"]),
     )
 
 
@@ -165,7 +179,10 @@ def front_table(run: Run, kind: Kind = "search") -> pd.DataFrame:
             "MACs (G)": (front["macs"] / 1e9).round(3),
             f"{run.metric} search": front["metric_search"].round(4),
             f"{run.metric} test": front["metric_test"].round(4),
-            "test drop vs dense": (run.dense.metric_test - front["metric_test"]).round(4),
+            "test drop vs dense": (run.dense.metric_test - front["metric_test"]).round(4)
+            * (1 if run.higher_is_better else -1),
+            "stage": front["stage"],
+            "fidelity": front["fidelity"],
             "heads": front["heads"].map(lambda h: "-".join(map(str, h))),
             "ffn": front["ffn"].map(lambda f: "-".join(map(str, f))),
         }
@@ -183,7 +200,7 @@ def summary(run: Run) -> dict:
             f"{run.metric}_test": run.dense.metric_test,
         },
         "size_unit": run.size_unit,
-        "reference": {"metric": run.chance, "size": 1.0},
+        "reference": {"metric": run.reference, "size": 1.0},
     }
     kinds: tuple[Kind, ...] = ("search", "uniform", "layer-uniform")
     for kind in kinds:
@@ -213,7 +230,7 @@ def render(run: Run, fmt: TableFormat = "table", kind: Kind = "search") -> str:
         f"{kind} front, chosen on the search split ({len(table)} points):",
         table.to_string(index=False) if not table.empty else "  (no complete trial yet)",
         "",
-        f"hypervolume (reference: {run.metric} {run.chance:g}, size 1.0):",
+        f"hypervolume (reference: {run.metric} {run.reference:g}, size 1.0):",
     ]
     for name in ("search", "uniform", "layer-uniform"):
         if name in info:

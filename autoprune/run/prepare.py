@@ -1,7 +1,8 @@
 """Prepared work: what every trial of a study shares, computed once and cached in the run.
 
-The dense model fine-tuned on the task, the tokenized splits, the teacher's logits on the
-training pool, the importance scores and the dense model's own scores and sizes. Each piece
+The study's task, the dense model fine-tuned on it, the tokenized splits, the teacher's
+targets on the retraining examples (when the task caches them), the importance scores and
+the dense model's own scores and sizes. Each piece
 is written to ``RUN/prepared/`` when computed and read back on resume; a run directory
 prepared for a different model, task or recipe is refused rather than silently mixed.
 """
@@ -22,13 +23,15 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from autoprune.engine.importance import importance
 from autoprune.engine.measure import Size, measure
-from autoprune.engine.models import load_model
+from autoprune.engine.models import load_tokenizer
 from autoprune.engine.scores import Scores
 from autoprune.engine.serialize import load_pruned, save_pruned
 from autoprune.run.rundir import write_atomically
 from autoprune.search.spec import StudyError, StudySpec
+from autoprune.tasks import Task, make_task
+from autoprune.tasks.base import Batch
 from autoprune.tasks.data import Encoded, TaskData, load_task
-from autoprune.tasks.train import Recipe, evaluate, predict, train
+from autoprune.tasks.train import Recipe, train
 
 log = logging.getLogger("autoprune")
 
@@ -58,22 +61,30 @@ class Prepared:
     """Everything a trial needs besides its PruneConfig, on the CPU.
 
     Attributes:
+        task: What the model is for: its loss, distillation, metric and direction.
         model: The dense model, fine-tuned on the task, in eval mode.
         tokenizer: Its tokenizer.
-        task: The search, test and pool splits.
+        data: The search, test and pool splits.
         retrain_data: The pool examples retraining uses.
-        teacher_logits: The dense model's logits on ``retrain_data``, row for row.
+        teacher_targets: The dense model's targets on ``retrain_data``, row for row, for a
+            task that caches them; None for one whose teacher runs online (``model``).
         scores: Importance scores of the dense model.
         dense: The dense model's metrics and size.
     """
 
+    task: Task
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
-    task: TaskData
+    data: TaskData
     retrain_data: Encoded
-    teacher_logits: torch.Tensor
+    teacher_targets: torch.Tensor | None
     scores: Scores
     dense: DenseRecord
+
+    @property
+    def teacher(self) -> torch.Tensor | PreTrainedModel:
+        """What retraining distils from: the cached targets, or the dense model online."""
+        return self.teacher_targets if self.teacher_targets is not None else self.model
 
 
 def pick_device(name: str) -> torch.device:
@@ -121,75 +132,89 @@ def _cached_tensor(path: Path, compute: Any) -> torch.Tensor:
     return tensor
 
 
+def _teacher_targets(task: Task, model: PreTrainedModel, data: Encoded) -> torch.Tensor:
+    """The task's teacher targets for every example of ``data``, in order, on the CPU."""
+    device = next(model.parameters()).device
+    rows = []
+    for batch in data.batches(128):
+        on_device: Batch = {k: v.to(device) for k, v in batch.items()}
+        rows.append(task.teacher_targets(model, on_device).cpu())
+    return torch.cat(rows)
+
+
 def prepare(spec: StudySpec, directory: Path, device: torch.device) -> Prepared:
     """The study's prepared work, read from ``directory`` where cached, computed otherwise."""
     _check_fingerprint(directory, spec)
     started = time.perf_counter()
     dense_dir = directory / "dense"
-    if dense_dir.is_dir():
-        model, tokenizer = load_pruned(dense_dir)
-        if tokenizer is None:
-            raise StudyError(f"{dense_dir} has no tokenizer; delete {directory} and restart")
-    else:
-        log.info("loading model %s", spec.model.source)
-        model, tokenizer = load_model(spec.model.source, num_labels=spec.model.num_labels)
+    tokenizer = load_tokenizer(dense_dir if dense_dir.is_dir() else spec.model.source)
 
     data_dir = directory / "data"
     if data_dir.is_dir():
         labels = json.loads((data_dir / "labels.json").read_text())
-        task = TaskData.load(data_dir, labels, spec.data.metric)
+        data = TaskData.load(data_dir, labels, spec.data.metric)
     else:
         log.info("reading and tokenizing the task")
-        task = load_task(spec.data, tokenizer, spec.max_length)
+        data = load_task(spec.data, tokenizer, spec.max_length)
 
         def write_data(partial: Path) -> None:
-            task.save(partial)
-            (partial / "labels.json").write_text(json.dumps(task.label_names))
+            data.save(partial)
+            (partial / "labels.json").write_text(json.dumps(data.label_names))
 
         write_atomically(data_dir, write_data)
     log.info(
         "data: %d search, %d test, %d pool examples; %d labels",
-        len(task.search),
-        len(task.test),
-        len(task.pool),
-        task.num_labels,
+        len(data.search),
+        len(data.test),
+        len(data.pool),
+        data.num_labels,
     )
-    if model.config.num_labels != task.num_labels:
+    if spec.model.num_labels is not None and spec.model.num_labels != data.num_labels:
         raise StudyError(
-            f"model.num_labels: the model has {model.config.num_labels} labels, the task "
-            f"{task.num_labels} ({task.label_names}); set model.num_labels: {task.num_labels}"
+            f"model.num_labels: {spec.model.num_labels}, but the task has {data.num_labels} "
+            f"labels ({data.label_names}); leave model.num_labels out to use the task's"
         )
+    task = make_task(spec.task, data)
 
-    if not dense_dir.is_dir():
+    if dense_dir.is_dir():
+        model, _ = load_pruned(dense_dir)
+    else:
+        log.info("loading model %s", spec.model.source)
+        model, _ = task.load_model(spec.model.source, seed=spec.finetune.seed)
         nn.Module.to(model, device)
         if spec.finetune.steps > 0:
             ft = spec.finetune
-            pool = task.pool if ft.samples is None else task.pool.subset(slice(0, ft.samples))
+            pool = data.pool if ft.samples is None else data.pool.subset(slice(0, ft.samples))
             log.info("fine-tuning the dense model: %d steps on %d examples", ft.steps, len(pool))
             recipe = Recipe(steps=ft.steps, batch_size=ft.batch_size, lr=ft.lr, seed=ft.seed)
-            train(model, pool, recipe, desc="fine-tune")
+            train(model, pool, recipe, task, desc="fine-tune")
         model.cpu()
         write_atomically(dense_dir, lambda partial: save_pruned(model, partial, tokenizer))
     model.eval()
 
     samples = spec.retrain.samples
-    retrain_data = task.pool if samples is None else task.pool.subset(slice(0, samples))
+    retrain_data = data.pool if samples is None else data.pool.subset(slice(0, samples))
+    teacher_targets = None
+    if task.teacher == "cached":
 
-    def teacher() -> torch.Tensor:
-        log.info("teacher logits on %d examples", len(retrain_data))
-        return predict(nn.Module.to(model, device), retrain_data).cpu()
+        def teacher() -> torch.Tensor:
+            log.info("teacher targets on %d examples", len(retrain_data))
+            return _teacher_targets(task, nn.Module.to(model, device), retrain_data)
 
-    teacher_logits = _cached_tensor(directory / "teacher_logits.safetensors", teacher)
+        teacher_targets = _cached_tensor(directory / "teacher_targets.safetensors", teacher)
 
     scores_file = directory / "scores.safetensors"
     if scores_file.is_file():
         scores = Scores.load(scores_file)
     else:
         imp = spec.importance
-        scoring = task.pool.subset(slice(0, imp.samples))
+        scoring = data.pool.subset(slice(0, imp.samples))
         log.info("importance (%s) on %d examples", imp.method, len(scoring))
         scores = importance(
-            nn.Module.to(model, device), scoring.batches(imp.batch_size), imp.method
+            nn.Module.to(model, device),
+            scoring.batches(imp.batch_size),
+            imp.method,
+            loss=lambda m, batch: task.loss(m, batch, reduction="sum"),
         )
         partial = scores_file.with_name(scores_file.name + ".partial")
         scores.save(partial)
@@ -201,8 +226,8 @@ def prepare(spec: StudySpec, directory: Path, device: torch.device) -> Prepared:
     else:
         nn.Module.to(model, device)
         dense = DenseRecord(
-            metric_search=evaluate(model, task.search, task.metric),
-            metric_test=evaluate(model, task.test, task.metric),
+            metric_search=task.evaluate(model, data.search),
+            metric_test=task.evaluate(model, data.test),
             size=measure(model, spec.max_length),
         )
         dense_file.write_text(json.dumps(dense.to_dict(), indent=2))
@@ -214,4 +239,6 @@ def prepare(spec: StudySpec, directory: Path, device: torch.device) -> Prepared:
         dense.metric_search,
         dense.metric_test,
     )
-    return Prepared(model, tokenizer, task, retrain_data, teacher_logits, scores, dense)
+    return Prepared(
+        task, model, tokenizer, data, retrain_data, teacher_targets, scores, dense
+    )

@@ -17,10 +17,10 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.study import StudyDirection
 
 from autoprune.search.spec import StudyError, StudySpec, load_study
+from autoprune.tasks.base import Direction
 
 SEARCH = "search"
 BASELINE = "baseline"
-DIRECTIONS = [StudyDirection.MAXIMIZE, StudyDirection.MINIMIZE]  # (task metric, size)
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,9 @@ class RunDir:
     def storage_url(self, spec: StudySpec) -> str:
         return spec.storage or f"sqlite:///{(self.path / 'optuna.db').resolve()}"
 
-    def checkpoint(self, study: str, number: int) -> Path:
-        return self.checkpoints / f"{study}_{number:05d}"
+    def checkpoint(self, kind: str, number: int) -> Path:
+        """Where trial ``number`` of ``kind`` keeps its retrained weights while on the front."""
+        return self.checkpoints / f"{kind}_{number:05d}"
 
     def load_spec(self) -> StudySpec:
         if not self.study_file.is_file():
@@ -81,17 +82,16 @@ def study_name(spec: StudySpec, which: str) -> str:
 
 
 def open_study(
-    spec: StudySpec, storage: BaseStorage, which: str, sampler: optuna.samplers.BaseSampler | None
+    spec: StudySpec, storage: BaseStorage, which: str, direction: Direction
 ) -> optuna.Study:
-    """Create or reopen the run's ``search`` or ``baseline`` study."""
-    study = optuna.create_study(
+    """Create or reopen the run's ``search`` or ``baseline`` study, whose objectives are
+    (the task's metric in its ``direction``, the size ratio, minimized)."""
+    return optuna.create_study(
         storage=storage,
         study_name=study_name(spec, which),
-        directions=DIRECTIONS,
-        sampler=sampler,
+        directions=[StudyDirection[direction.upper()], StudyDirection.MINIMIZE],
         load_if_exists=True,
     )
-    return study
 
 
 class RunLock:

@@ -17,9 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from autoprune.engine.importance import Method
 from autoprune.engine.measure import SizeUnit
+from autoprune.search.controllers import ControllerName, validate_options
+from autoprune.tasks import TaskKind
 from autoprune.tasks.data import DataSpec
 
-ControllerName = Literal["tpe", "gp", "nsga2", "nsga3", "rl", "random"]
 BackendName = Literal["local", "ray"]
 
 
@@ -53,8 +54,16 @@ class ImportanceSpec(_Section):
 
 
 class ControllerSpec(_Section):
+    """The controller, its seed and its own options (validated by the controller registry)."""
+
     name: ControllerName = "tpe"
     seed: int = 0
+    options: dict[str, Any] = Field(default={}, description="settings of the named controller")
+
+    @model_validator(mode="after")
+    def _known_options(self) -> ControllerSpec:
+        validate_options(self.name, self.options)
+        return self
 
 
 class ObjectivesSpec(_Section):
@@ -159,6 +168,7 @@ class StudySpec(_Section):
     """A whole study file."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    task: TaskKind = Field(default="classification", description="what the model is for")
     model: ModelSpec
     data: DataSpec
     max_length: int = Field(default=128, ge=8, description="tokens per example")
@@ -187,7 +197,7 @@ class StudySpec(_Section):
     def prepared_fingerprint(self) -> dict[str, Any]:
         """The parts of the study that decide the prepared work (cached once per run)."""
         dumped = self.model_dump(mode="json")
-        sections = ("model", "data", "max_length", "finetune", "importance")
+        sections = ("task", "model", "data", "max_length", "finetune", "importance")
         return {
             **{k: dumped[k] for k in sections},
             "retrain": {"samples": self.retrain.samples},  # the teacher's logits cover these

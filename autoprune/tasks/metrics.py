@@ -1,7 +1,8 @@
-"""Task metrics: accuracy, Matthews correlation, F1; each with its chance level."""
+"""Classification metrics: accuracy, Matthews correlation, F1; each with its chance level."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -44,12 +45,11 @@ def f1(predictions: torch.Tensor, labels: torch.Tensor) -> float:
     return sum(scores) / len(scores)
 
 
-METRICS = {"accuracy": accuracy, "matthews": matthews, "f1": f1}
-
-
-def score(metric: MetricName, logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The ``metric`` of the arg-max predictions of ``logits`` (batch, classes) and ``labels``."""
-    return METRICS[metric](logits.argmax(dim=-1), labels)
+METRICS: dict[MetricName, Callable[[torch.Tensor, torch.Tensor], float]] = {
+    "accuracy": accuracy,
+    "matthews": matthews,
+    "f1": f1,
+}
 
 
 def chance_level(metric: MetricName, num_labels: int) -> float:

@@ -1,4 +1,5 @@
-"""Training and evaluation: dense fine-tuning, brief retraining with distillation, metrics."""
+"""The training loop over a task's loss: dense fine-tuning, and brief retraining with
+distillation from the dense model."""
 
 from __future__ import annotations
 
@@ -7,12 +8,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel
 
 from autoprune.progress import progress
+from autoprune.tasks.base import Task
 from autoprune.tasks.data import Encoded
-from autoprune.tasks.metrics import MetricName, score
 
 
 class TrainingDiverged(RuntimeError):
@@ -30,7 +30,8 @@ class Recipe:
         weight_decay: AdamW's decoupled weight decay.
         warmup: Fraction of the steps spent warming up.
         temperature: Distillation temperature (with a teacher).
-        distill_weight: Weight of the distillation loss; the label loss gets ``1 - distill_weight``.
+        distill_weight: Weight of the distillation loss; the task's loss gets
+            ``1 - distill_weight``.
         seed: Seeds the order of the examples and dropout.
     """
 
@@ -44,10 +45,15 @@ class Recipe:
     seed: int = 0
 
 
+Teacher = torch.Tensor | PreTrainedModel
+"""Cached targets (one row per example of the training data), or the dense model itself,
+run beside the student on every batch (a task whose targets are too large to cache)."""
+
+
 def _forever(
-    data: Encoded, batch_size: int, seed: int, teacher: torch.Tensor | None
+    data: Encoded, batch_size: int, seed: int, cached: torch.Tensor | None
 ) -> Iterator[dict[str, torch.Tensor]]:
-    extra = {"teacher": teacher} if teacher is not None else None
+    extra = {"teacher": cached} if cached is not None else None
     epoch = 0
     while True:
         yield from data.batches(batch_size, shuffle=True, seed=seed + epoch, extra=extra)
@@ -58,16 +64,18 @@ def train(
     model: PreTrainedModel,
     data: Encoded,
     recipe: Recipe,
-    teacher_logits: torch.Tensor | None = None,
+    task: Task,
+    teacher: Teacher | None = None,
     on_step: Callable[[int], bool] | None = None,
     desc: str = "train",
 ) -> int:
-    """Train ``model`` in place for ``recipe.steps`` steps; returns the steps taken.
+    """Train ``model`` in place on ``task``'s loss for ``recipe.steps`` steps; returns the
+    steps taken. The model is left in eval mode.
 
-    With ``teacher_logits`` (one row per example of ``data``) the loss mixes the KL
-    divergence to the teacher at ``recipe.temperature`` (scaled by its square, as Hinton et
-    al.) with the label loss. ``on_step(step)`` is called after every step; returning False
-    stops training there. Raises :class:`TrainingDiverged` on a NaN or infinite loss.
+    With a ``teacher`` the loss is the task's distillation loss at ``recipe.temperature``,
+    weighted by ``recipe.distill_weight``. ``on_step(step)`` is called after every step;
+    returning False stops training there. Raises :class:`TrainingDiverged` on a NaN or
+    infinite loss.
     """
     if recipe.steps <= 0:
         return 0
@@ -86,59 +94,33 @@ def train(
         return max(0.0, (recipe.steps - step) / max(1, recipe.steps - warmup_steps))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    batches = _forever(data, recipe.batch_size, recipe.seed, teacher_logits)
-    model.train()
+    cached = teacher if isinstance(teacher, torch.Tensor) else None
+    batches = _forever(data, recipe.batch_size, recipe.seed, cached)
     step = 0
-    for step in progress(range(1, recipe.steps + 1), desc):
-        batch = {k: v.to(device) for k, v in next(batches).items()}
-        labels = batch.pop("labels")
-        teacher = batch.pop("teacher", None)
-        logits = model(**batch).logits  # (batch, labels)
-        loss = F.cross_entropy(logits, labels)
-        if teacher is not None:
-            t = recipe.temperature
-            distill = F.kl_div(
-                F.log_softmax(logits / t, dim=-1),
-                F.log_softmax(teacher / t, dim=-1),
-                log_target=True,
-                reduction="batchmean",
-            ) * (t * t)
-            loss = recipe.distill_weight * distill + (1 - recipe.distill_weight) * loss
-        if not math.isfinite(loss.item()):
-            raise TrainingDiverged(f"{desc}: the loss is {loss.item()} at step {step}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        if on_step is not None and not on_step(step):
-            break
-    model.eval()
+    model.train()
+    try:
+        for step in progress(range(1, recipe.steps + 1), desc):
+            batch = {k: v.to(device) for k, v in next(batches).items()}
+            if teacher is None:
+                loss = task.loss(model, batch)
+            else:
+                targets = (
+                    batch.pop("teacher")
+                    if cached is not None
+                    else task.teacher_targets(teacher, batch)  # type: ignore[arg-type]
+                )
+                loss = task.distillation_loss(
+                    model, batch, targets, recipe.temperature, recipe.distill_weight
+                )
+            if not math.isfinite(loss.item()):
+                raise TrainingDiverged(f"{desc}: the loss is {loss.item()} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            if on_step is not None and not on_step(step):
+                break
+    finally:
+        model.eval()
     return step
-
-
-def predict(model: PreTrainedModel, data: Encoded, batch_size: int = 128) -> torch.Tensor:
-    """Logits ``(examples, labels)`` of ``model`` on ``data``, on the CPU, in eval mode."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    order = data.attention_mask.sum(dim=1).argsort()  # similar lengths batch together
-    outputs = []
-    with torch.inference_mode():
-        for batch in data.subset(order).batches(batch_size):
-            batch.pop("labels")
-            outputs.append(
-                model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
-            )
-    model.train(was_training)
-    logits = torch.empty(len(data), outputs[0].shape[-1]) if outputs else torch.empty(0, 0)
-    if outputs:
-        logits[order] = torch.cat(outputs)
-    return logits
-
-
-def evaluate(
-    model: PreTrainedModel, data: Encoded, metric: MetricName, batch_size: int = 128
-) -> float:
-    """The task metric of ``model`` on ``data``."""
-    return score(metric, predict(model, data, batch_size), data.labels)

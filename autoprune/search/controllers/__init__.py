@@ -1,15 +1,19 @@
-"""Controllers: Optuna samplers that propose pruning configurations.
+"""Controllers: Optuna samplers that propose pruning configurations, in one registry.
 
+Every controller is an Optuna sampler, so it runs the same in process and under Ray Tune.
 Optuna's own samplers are wrapped, not copied: ``tpe`` and ``gp`` (Bayesian), ``nsga2`` and
 ``nsga3`` (evolutionary), ``random`` (the control); ``rl`` is ours
-(:class:`~autoprune.search.controllers.rl.PolicyGradientSampler`). Every controller is an Optuna
-sampler, so it runs the same in process and under Ray Tune's ``OptunaSearch``.
+(:class:`~autoprune.search.controllers.rl.PolicyGradientSampler`). Each registered
+controller declares its options as a pydantic model, so a study file's
+``controller.options`` are validated before any work, with errors naming the key.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import get_args
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import optuna
 from optuna.samplers import (
@@ -20,11 +24,51 @@ from optuna.samplers import (
     RandomSampler,
     TPESampler,
 )
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from autoprune.search.controllers.rl import PolicyGradientSampler
-from autoprune.search.spec import ControllerName
 
-CONTROLLERS: tuple[ControllerName, ...] = get_args(ControllerName)
+ControllerName = Literal["tpe", "gp", "nsga2", "nsga3", "rl", "random"]
+
+
+class ControllerOptionsError(ValueError):
+    """``controller.options`` that the named controller does not take."""
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StartupOptions(_Options):
+    """TPE and GP: random trials before the objectives are modelled."""
+
+    n_startup_trials: int | None = Field(
+        default=None, ge=1, description="default: a fifth of the trial budget, in [4, 10]"
+    )
+
+
+class TPEOptions(StartupOptions):
+    multivariate: bool = True
+
+
+class NSGAOptions(_Options):
+    """NSGA-II and NSGA-III: generation size and variation."""
+
+    population_size: int | None = Field(
+        default=None, ge=2, description="default: a fifth of the trial budget, in [8, 50]"
+    )
+    crossover_prob: float = Field(default=0.9, ge=0, le=1)
+    mutation_prob: float | None = Field(default=None, ge=0, le=1)
+
+
+class RLOptions(_Options):
+    """The policy-gradient controller's settings (see :class:`PolicyGradientSampler`)."""
+
+    learning_rate: float = Field(default=1.0, gt=0)
+    epsilon: float = Field(default=0.05, ge=0, lt=1)
+    baseline_width: float = Field(default=0.15, gt=0)
+    augmentation: float = Field(default=0.05, ge=0)
+    sigma: float = Field(default=0.3, gt=0)
 
 
 def population_size(budget: int | None) -> int:
@@ -38,30 +82,111 @@ def startup_trials(budget: int | None) -> int:
     return 10 if budget is None else min(10, max(4, budget // 5))
 
 
-def make_sampler(name: ControllerName, seed: int, budget: int | None = None) -> BaseSampler:
-    """The controller called ``name``, seeded; ``budget`` (trials) sizes the random start of
-    TPE and GP and the generations of NSGA-II and NSGA-III."""
-    if name == "tpe":
-        return TPESampler(seed=seed, multivariate=True, n_startup_trials=startup_trials(budget))
-    if name == "gp":
-        return GPSampler(seed=seed, n_startup_trials=startup_trials(budget))
-    if name == "nsga2":
-        return NSGAIISampler(seed=seed, population_size=population_size(budget))
-    if name == "nsga3":
-        with warnings.catch_warnings():  # experimental in Optuna; we accept that
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return NSGAIIISampler(seed=seed, population_size=population_size(budget))
-    if name == "rl":
-        return PolicyGradientSampler(seed=seed)
-    if name == "random":
-        return RandomSampler(seed=seed)
-    raise ValueError(f"unknown controller {name!r}; choose one of {', '.join(CONTROLLERS)}")
+def _tpe(options: TPEOptions, seed: int, budget: int | None) -> BaseSampler:
+    startup = options.n_startup_trials or startup_trials(budget)
+    return TPESampler(seed=seed, multivariate=options.multivariate, n_startup_trials=startup)
+
+
+def _gp(options: StartupOptions, seed: int, budget: int | None) -> BaseSampler:
+    return GPSampler(seed=seed, n_startup_trials=options.n_startup_trials or startup_trials(budget))
+
+
+def _nsga2(options: NSGAOptions, seed: int, budget: int | None) -> BaseSampler:
+    return NSGAIISampler(
+        seed=seed,
+        population_size=options.population_size or population_size(budget),
+        crossover_prob=options.crossover_prob,
+        mutation_prob=options.mutation_prob,
+    )
+
+
+def _nsga3(options: NSGAOptions, seed: int, budget: int | None) -> BaseSampler:
+    with warnings.catch_warnings():  # experimental in Optuna; we accept that
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return NSGAIIISampler(
+            seed=seed,
+            population_size=options.population_size or population_size(budget),
+            crossover_prob=options.crossover_prob,
+            mutation_prob=options.mutation_prob,
+        )
+
+
+def _rl(options: RLOptions, seed: int, budget: int | None) -> BaseSampler:
+    return PolicyGradientSampler(seed=seed, **options.model_dump())
+
+
+def _random(options: _Options, seed: int, budget: int | None) -> BaseSampler:
+    return RandomSampler(seed=seed)
+
+
+@dataclass(frozen=True)
+class Controller:
+    """A registered controller: its options model and how to build its sampler.
+
+    Attributes:
+        options: The pydantic model of ``controller.options`` for this controller.
+        build: ``build(options, seed, budget)``, a seeded sampler; ``budget`` (trials, or
+            None) sizes defaults such as a random start or a generation.
+        summary: One line for help texts.
+    """
+
+    options: type[_Options]
+    build: Callable[[Any, int, int | None], BaseSampler]
+    summary: str
+
+
+REGISTRY: dict[ControllerName, Controller] = {
+    "tpe": Controller(TPEOptions, _tpe, "Bayesian: Optuna's multi-objective TPE"),
+    "gp": Controller(StartupOptions, _gp, "Bayesian: Optuna's Gaussian-process sampler"),
+    "nsga2": Controller(NSGAOptions, _nsga2, "evolutionary: NSGA-II"),
+    "nsga3": Controller(NSGAOptions, _nsga3, "evolutionary: NSGA-III"),
+    "rl": Controller(RLOptions, _rl, "reinforcement learning: preference-conditioned REINFORCE"),
+    "random": Controller(_Options, _random, "random search, the control"),
+}
+CONTROLLERS: tuple[ControllerName, ...] = get_args(ControllerName)
+
+
+def validate_options(name: ControllerName, options: Mapping[str, Any]) -> _Options:
+    """``options`` checked against controller ``name``'s model; raises
+    :class:`ControllerOptionsError` naming each bad key and what it allows."""
+    if name not in REGISTRY:
+        raise ControllerOptionsError(
+            f"unknown controller {name!r}; choose one of {', '.join(CONTROLLERS)}"
+        )
+    model = REGISTRY[name].options
+    try:
+        return model.model_validate(dict(options))
+    except ValidationError as error:
+        allowed = ", ".join(model.model_fields) or "none"
+        problems = "; ".join(
+            f"options.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+        raise ControllerOptionsError(
+            f"controller {name!r}: {problems} (options allowed: {allowed})"
+        ) from None
+
+
+def make_sampler(
+    name: ControllerName,
+    seed: int,
+    budget: int | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> BaseSampler:
+    """The controller called ``name`` with ``options``, seeded; ``budget`` (trials) sizes the
+    random start of TPE and GP and the generations of NSGA-II and NSGA-III by default."""
+    validated = validate_options(name, options or {})
+    return REGISTRY[name].build(validated, seed, budget)
 
 
 __all__ = [
     "CONTROLLERS",
+    "REGISTRY",
+    "Controller",
+    "ControllerName",
+    "ControllerOptionsError",
     "PolicyGradientSampler",
     "make_sampler",
     "population_size",
     "startup_trials",
+    "validate_options",
 ]

@@ -1,0 +1,99 @@
+"""Sequence classification: a label per example, a metric that goes up, logits distilled.
+
+The model is a ``*ForSequenceClassification`` with one output per label; its loss is cross
+entropy; distillation is the KL divergence to the dense model's softened logits (Hinton et
+al. 2015), whose full logits are small enough to cache for every retraining example; the
+metric (accuracy, Matthews correlation or F1) is computed on arg-max predictions, and the
+hypervolume counts from chance level.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from autoprune.engine.models import load_model
+from autoprune.tasks.base import Batch, Direction, Reduction, Task, TeacherMode, model_inputs
+from autoprune.tasks.data import Encoded
+from autoprune.tasks.metrics import METRICS, MetricName, chance_level
+
+
+class Classification(Task):
+    """A classification task with ``num_labels`` labels scored by ``metric``."""
+
+    kind: ClassVar[str] = "classification"
+    direction: Direction = "maximize"
+    teacher: TeacherMode = "cached"
+
+    def __init__(self, *, metric: MetricName, num_labels: int) -> None:
+        if num_labels < 2:
+            raise ValueError(f"a classification task needs 2 or more labels, got {num_labels}")
+        self.metric: MetricName = metric
+        self.num_labels = num_labels
+
+    def load_model(
+        self, source: str, seed: int
+    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+        return load_model(source, num_labels=self.num_labels, seed=seed)
+
+    def loss(
+        self, model: PreTrainedModel, batch: Batch, reduction: Reduction = "mean"
+    ) -> torch.Tensor:
+        logits = model(**model_inputs(batch)).logits  # (batch, labels)
+        return F.cross_entropy(logits, batch["labels"], reduction=reduction)
+
+    def distillation_loss(
+        self,
+        model: PreTrainedModel,
+        batch: Batch,
+        teacher: torch.Tensor,
+        temperature: float,
+        weight: float,
+    ) -> torch.Tensor:
+        logits = model(**model_inputs(batch)).logits  # (batch, labels)
+        hard = F.cross_entropy(logits, batch["labels"])
+        t = temperature
+        soft = F.kl_div(
+            F.log_softmax(logits / t, dim=-1),
+            F.log_softmax(teacher / t, dim=-1),
+            log_target=True,
+            reduction="batchmean",
+        ) * (t * t)  # scaled by t^2 so gradients keep their size (Hinton et al.)
+        return weight * soft + (1 - weight) * hard
+
+    def teacher_targets(self, model: PreTrainedModel, batch: Batch) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(**model_inputs(batch)).logits.float()  # (batch, labels)
+
+    def evaluate(self, model: PreTrainedModel, data: Encoded) -> float:
+        logits = predict(model, data)  # (examples, labels)
+        return METRICS[self.metric](logits.argmax(dim=-1), data.labels)
+
+    @property
+    def reference(self) -> float:
+        return chance_level(self.metric, self.num_labels)
+
+
+def predict(model: PreTrainedModel, data: Encoded, batch_size: int = 128) -> torch.Tensor:
+    """Logits ``(examples, labels)`` of ``model`` on ``data``, on the CPU; the model's
+    train/eval mode is restored afterwards."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    order = data.attention_mask.sum(dim=1).argsort()  # similar lengths batch together
+    outputs = []
+    try:
+        with torch.inference_mode():
+            for batch in data.subset(order).batches(batch_size):
+                inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
+                outputs.append(model(**inputs).logits.float().cpu())
+    finally:
+        model.train(was_training)
+    if not outputs:
+        return torch.empty(0, 0)
+    logits = torch.empty(len(data), outputs[0].shape[-1])
+    logits[order] = torch.cat(outputs)
+    return logits

@@ -1,0 +1,51 @@
+"""Every benchmark's ``--smoke`` mode runs end to end on the real MiniLM and SST-2 data and
+writes its results where a smoke run should (never into ``benchmarks/results``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+BENCHMARKS = REPO / "benchmarks"
+
+CASES = {
+    "latency": ([], "latency"),
+    "early_stopping": ([], "early_stopping"),
+    "ray_throughput": ([], "ray_throughput"),
+    "search_quality": (
+        ["--tasks", "sst2", "--seeds", "1", "--trials", "2", "--free-trials", "2"],
+        "search_quality",
+    ),
+}
+
+
+@pytest.mark.parametrize("script", sorted(CASES))
+def test_smoke_run_writes_its_results(
+    script: str, tmp_path: Path, data_dir: Path, minilm_path: str
+) -> None:
+    extra, name = CASES[script]
+    env = {
+        **os.environ,
+        "AUTOPRUNE_DATA_DIR": str(data_dir),
+        "RAY_AUTH_MODE": "disabled",
+        "PYTHONUNBUFFERED": "1",
+    }
+    before = {p: p.stat().st_mtime for p in (BENCHMARKS / "results").glob("*")}
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{script}.py"), "--smoke", "--out", str(tmp_path)]
+        + extra,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "results" / f"{name}.json").read_text())
+    assert report and (tmp_path / "results" / f"{name}.md").is_file()
+    assert {p: p.stat().st_mtime for p in (BENCHMARKS / "results").glob("*")} == before
