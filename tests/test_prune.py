@@ -68,11 +68,41 @@ def test_physical_pruning_equals_gating(family: str, heads: list[int], ffn: list
         reference = logits(model, batch)
     assert torch.allclose(logits(pruned, batch), reference, atol=ATOL)
     arch = autoprune.describe(pruned)
-    assert list(arch.heads) == heads and list(arch.ffn) == ffn
+    assert list(arch.heads) == heads and list(arch.ffn) == ffn and list(arch.kv_heads) == heads
     assert arch.prunable_params == analytic_prunable(32, 8, heads, ffn)
     dense = autoprune.describe(model)
     removed = dense.prunable_params - arch.prunable_params
     assert arch.total_params == dense.total_params - removed
+
+
+@pytest.mark.parametrize("family", ["bert", "distilbert"])
+def test_attention_modules_know_their_head_counts(family: str) -> None:
+    model = tiny_model(family)
+    scores = autoprune.importance(model, [], "magnitude")
+    pruned = autoprune.prune(model, PruneConfig(heads=[1, 3, 4], ffn=[48] * 3), scores)
+    layers = autoprune.engine.arch.family_of(pruned).layers(pruned)
+    for layer, heads in zip(layers, [1, 3, 4], strict=True):
+        if family == "bert":
+            assert layer.attention.self.num_attention_heads == heads
+            assert layer.attention.self.all_head_size == heads * 8
+        else:
+            assert layer.attention.n_heads == heads
+
+
+def test_without_grouped_query_attention_kv_heads_are_the_heads() -> None:
+    model = tiny_model("bert")
+    arch = autoprune.describe(model)
+    scores = autoprune.importance(model, [], "magnitude")
+    implicit = PruneConfig(heads=[0, 2, 4], ffn=[48] * 3)
+    explicit = PruneConfig(heads=[0, 2, 4], ffn=[48] * 3, kv_heads=[0, 2, 4])
+    assert implicit.key_value_heads(arch) == (0, 2, 4)
+    batch = tiny_batch()
+    assert torch.equal(
+        logits(autoprune.prune(model, implicit, scores), batch),
+        logits(autoprune.prune(model, explicit, scores), batch),
+    )
+    with pytest.raises(PruneConfigError, match="layer 1: heads=2 with kv_heads=1: .* at most 1"):
+        PruneConfig(heads=[0, 2, 4], ffn=[48] * 3, kv_heads=[0, 1, 4]).validate(arch)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -122,11 +152,12 @@ def test_sparsity_is_exact_per_layer_and_survives_training(family: str) -> None:
         model, PruneConfig(heads=[4, 2, 3], ffn=[48, 30, 9], sparsity=sparsity), scores
     )
     family_ = autoprune.engine.arch.family_of(pruned)
+    groups = family_.groups(pruned)
 
     def zeros_per_layer() -> list[tuple[int, int]]:
         counts = []
         for layer in family_.layers(pruned):
-            linears = family_.prunable_linears(layer).values()
+            linears = groups.linears(layer).values()
             weights = [
                 lin.weight * lin.mask if isinstance(lin, MaskedLinear) else lin.weight
                 for lin in linears

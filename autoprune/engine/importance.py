@@ -16,21 +16,45 @@ Every criterion is one small class behind :class:`Criterion`, returning :class:`
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from transformers import PreTrainedModel
 
-from autoprune.engine.arch import Family, describe, family_of
+from autoprune.engine.arch import describe, family_of
 from autoprune.engine.gates import gated
+from autoprune.engine.groups import LayerGroups, Unit
 from autoprune.engine.scores import Scores
 from autoprune.engine.sparsity import effective_weight
 from autoprune.progress import progress
 
 Method = Literal["magnitude", "taylor", "fisher", "random"]
 Batch = Mapping[str, torch.Tensor]
+Loss = Callable[[PreTrainedModel, Batch], torch.Tensor]
+"""``loss(model, batch)``: a scalar, the sum over the batch's examples of each one's loss."""
+
+
+def batch_size(batch: Batch) -> int:
+    """The number of examples in ``batch`` (the first dimension of its tensors)."""
+    if not batch:
+        raise ValueError("a batch holds no tensor")
+    return len(next(iter(batch.values())))
+
+
+def model_loss(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
+    """The model's own loss on ``batch``, times the batch size, so a mean over examples
+    becomes their sum. Hugging Face models compute it when the batch has ``labels``.
+
+    Raises:
+        ValueError: If the model computes no loss (no ``labels`` in the batch).
+    """
+    loss = model(**batch).loss
+    if loss is None:
+        raise ValueError(
+            f"{type(model).__name__} computed no loss: give batches with 'labels' or pass loss="
+        )
+    return loss * batch_size(batch)
 
 
 class Criterion(ABC):
@@ -39,8 +63,11 @@ class Criterion(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def score(self, model: PreTrainedModel, batches: Iterable[Batch]) -> Scores:
-        """Scores for every head, neuron and prunable weight of ``model``."""
+    def score(self, model: PreTrainedModel, batches: Iterable[Batch], loss: Loss) -> Scores:
+        """Scores for every head, neuron and prunable weight of ``model``.
+
+        Criteria that need no data ignore ``batches`` and ``loss``.
+        """
 
 
 class Magnitude(Criterion):
@@ -48,36 +75,43 @@ class Magnitude(Criterion):
 
     name = "magnitude"
 
-    def score(self, model: PreTrainedModel, batches: Iterable[Batch]) -> Scores:
+    def score(self, model: PreTrainedModel, batches: Iterable[Batch], loss: Loss) -> Scores:
         family = family_of(model)
-        head_dim = describe(model).head_dim
+        groups = family.groups(model)
         heads, neurons, weights = [], [], []
         with torch.no_grad():
             for layer in family.layers(model):
-                linears = family.prunable_linears(layer)
+                linears = groups.linears(layer)
                 w = {path: effective_weight(lin).float() for path, lin in linears.items()}
-                heads.append(_grouped_norm(family, w, "head", head_dim).cpu())
-                neurons.append(_grouped_norm(family, w, "neuron", 1).cpu())
+                heads.append(_grouped_norm(groups, w, "head").cpu())
+                neurons.append(_grouped_norm(groups, w, "neuron").cpu())
                 weights.append({path: t.abs().cpu() for path, t in w.items()})
         return Scores(self.name, heads, neurons, weights)
 
 
-def _grouped_norm(
-    family: Family, weights: dict[str, torch.Tensor], unit: Literal["head", "neuron"], size: int
+def _squared_norms(
+    groups: LayerGroups, weights: Mapping[str, torch.Tensor], unit: Unit
 ) -> torch.Tensor:
-    """L2 norm, per head (``size`` rows/columns each) or per neuron, over the layer's matrices."""
-    lay = family.layout
+    """Sum of squares of each unit's rows and columns over the layer's ``weights``, ``(units,)``
+    (empty where none of the unit's matrices is left)."""
+    parts = [s.squared_norms(weights[s.path]) for s in groups.slices(unit) if s.path in weights]
+    return torch.stack(parts).sum(dim=0) if parts else torch.zeros(0)  # (units,)
+
+
+def _grouped_norm(
+    groups: LayerGroups, weights: Mapping[str, torch.Tensor], unit: Literal["head", "neuron"]
+) -> torch.Tensor:
+    """L2 norm of each head's (neuron's) rows and columns over the layer's matrices, ``(units,)``.
+
+    A head also carries an even share of its key/value group's rows (all of them without
+    grouped-query attention), so heads of a weightier group score higher.
+    """
+    total = _squared_norms(groups, weights, unit)  # (units,)
     if unit == "head":
-        row_paths, column_path = (*lay.query, *lay.key_value), lay.attention_out
-    else:
-        row_paths, column_path = lay.ffn_in, lay.ffn_out
-    columns = weights[column_path]  # (hidden, units * size)
-    hidden = columns.shape[0]
-    total = columns.view(hidden, -1, size).pow(2).sum(dim=(0, 2))  # (units,)
-    for path in row_paths:
-        if path in weights:
-            rows = weights[path]  # (units * size, hidden)
-            total = total + rows.view(-1, size, rows.shape[1]).pow(2).sum(dim=(1, 2))
+        shared = _squared_norms(groups, weights, "kv")  # (kv_heads,)
+        if len(shared) > 0:
+            group_size = len(total) // len(shared)
+            total = total + (shared / group_size).repeat_interleave(group_size)  # (heads,)
     return total.sqrt()
 
 
@@ -89,14 +123,12 @@ class _GateGradient(Criterion):
     def reduce(gradient: torch.Tensor) -> torch.Tensor:
         """How one gradient contributes to a score (absolute value, square)."""
 
-    def score(self, model: PreTrainedModel, batches: Iterable[Batch]) -> Scores:
+    def score(self, model: PreTrainedModel, batches: Iterable[Batch], loss: Loss) -> Scores:
         family = family_of(model)
+        groups = family.groups(model)
         arch = describe(model)
         device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        layers = family.layers(model)
-        linears = [family.prunable_linears(layer) for layer in layers]
+        linears = [groups.linears(layer) for layer in family.layers(model)]
         heads = [torch.zeros(n) for n in arch.heads]
         neurons = [torch.zeros(n) for n in arch.ffn]
         weights = [
@@ -105,36 +137,38 @@ class _GateGradient(Criterion):
         ]
         params = [lin.weight for ls in linears for lin in ls.values()]
         seen = 0
-        for batch in progress(batches, f"importance ({self.name})"):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            labels = batch.pop("labels")
-            size = labels.shape[0]
-            head_gates = [
-                torch.ones(size, n, device=device, requires_grad=True) for n in arch.heads
-            ]
-            neuron_gates = [
-                torch.ones(size, n, device=device, requires_grad=True) for n in arch.ffn
-            ]
-            with gated(model, head_gates, neuron_gates):
-                logits = model(**batch).logits  # (batch, labels)
-            loss = F.cross_entropy(logits, labels, reduction="sum")
-            inputs = [*head_gates, *neuron_gates, *params]
-            raw = torch.autograd.grad(loss, inputs, allow_unused=True)
-            grads = [
-                g if g is not None else torch.zeros_like(t)
-                for g, t in zip(raw, inputs, strict=True)
-            ]
-            n_layers = arch.num_layers
-            for i in range(n_layers):
-                heads[i] += self.reduce(grads[i]).sum(dim=0).cpu()
-                neurons[i] += self.reduce(grads[n_layers + i]).sum(dim=0).cpu()
-            weight_grads = iter(grads[2 * n_layers :])
-            for i, ls in enumerate(linears):
-                for path, lin in ls.items():
-                    taylor = effective_weight(lin).detach() * next(weight_grads)
-                    weights[i][path] += self.reduce(taylor).cpu()
-            seen += size
-        model.train(was_training)
+        was_training = model.training
+        model.eval()
+        try:
+            for batch in progress(batches, f"importance ({self.name})"):
+                batch = {k: v.to(device) for k, v in batch.items()}
+                size = batch_size(batch)
+                head_gates = [
+                    torch.ones(size, n, device=device, requires_grad=True) for n in arch.heads
+                ]
+                neuron_gates = [
+                    torch.ones(size, n, device=device, requires_grad=True) for n in arch.ffn
+                ]
+                with gated(model, head_gates, neuron_gates):
+                    total = loss(model, batch)  # summed over the batch's examples
+                inputs = [*head_gates, *neuron_gates, *params]
+                raw = torch.autograd.grad(total, inputs, allow_unused=True)
+                grads = [
+                    g if g is not None else torch.zeros_like(t)
+                    for g, t in zip(raw, inputs, strict=True)
+                ]
+                n_layers = arch.num_layers
+                for i in range(n_layers):
+                    heads[i] += self.reduce(grads[i]).sum(dim=0).cpu()  # (heads,)
+                    neurons[i] += self.reduce(grads[n_layers + i]).sum(dim=0).cpu()  # (ffn,)
+                weight_grads = iter(grads[2 * n_layers :])
+                for i, ls in enumerate(linears):
+                    for path, lin in ls.items():
+                        taylor = effective_weight(lin).detach() * next(weight_grads)
+                        weights[i][path] += self.reduce(taylor).cpu()  # (out, in)
+                seen += size
+        finally:
+            model.train(was_training)
         if seen == 0:
             raise ValueError(f"importance ({self.name}) needs data: no batch was given")
         heads = [h / seen for h in heads]
@@ -164,23 +198,21 @@ class Fisher(_GateGradient):
 
 
 class RandomScores(Criterion):
-    """Uniform random scores from a seeded generator; the control."""
+    """Uniform random scores from a generator seeded with 0 (the same every time); the control."""
 
     name = "random"
 
-    def __init__(self, *, seed: int = 0) -> None:
-        self.seed = seed
-
-    def score(self, model: PreTrainedModel, batches: Iterable[Batch]) -> Scores:
+    def score(self, model: PreTrainedModel, batches: Iterable[Batch], loss: Loss) -> Scores:
         family = family_of(model)
+        groups = family.groups(model)
         arch = describe(model)
-        generator = torch.Generator().manual_seed(self.seed)
+        generator = torch.Generator().manual_seed(0)
         heads = [torch.rand(n, generator=generator) for n in arch.heads]
         neurons = [torch.rand(n, generator=generator) for n in arch.ffn]
         weights = [
             {
                 p: torch.rand(lin.weight.shape, generator=generator)
-                for p, lin in family.prunable_linears(layer).items()
+                for p, lin in groups.linears(layer).items()
             }
             for layer in family.layers(model)
         ]
@@ -193,14 +225,26 @@ CRITERIA: dict[str, type[Criterion]] = {
 
 
 def importance(
-    model: PreTrainedModel, batches: Iterable[Batch], method: Method = "fisher", *, seed: int = 0
+    model: PreTrainedModel,
+    batches: Iterable[Batch],
+    method: Method = "fisher",
+    *,
+    loss: Loss = model_loss,
 ) -> Scores:
     """Score every head, neuron and prunable weight of ``model`` with ``method``.
 
-    ``batches`` yields dicts of tensors with ``labels`` and the model's inputs; ``magnitude``
-    and ``random`` ignore them. ``seed`` seeds ``random``.
+    Args:
+        model: The model to score; its train/eval mode is the same on return.
+        batches: Dicts of tensors that ``loss`` reads (by default the model's inputs and
+            ``labels``); ``magnitude`` and ``random`` ignore them.
+        method: The criterion.
+        loss: ``loss(model, batch)``, the batch's loss summed over its examples, for the
+            gradient criteria. The default, :func:`model_loss`, is the model's own loss, so
+            the engine assumes no task.
+
+    Raises:
+        ValueError: For an unknown method, or a gradient criterion given no batch.
     """
     if method not in CRITERIA:
         raise ValueError(f"unknown importance method {method!r}; choose one of {sorted(CRITERIA)}")
-    criterion = RandomScores(seed=seed) if method == "random" else CRITERIA[method]()
-    return criterion.score(model, batches)
+    return CRITERIA[method]().score(model, batches, loss)

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from autoprune.engine.arch import describe, family_of
+from autoprune.engine.arch import Architecture, describe, family_of
+from autoprune.engine.groups import UNITS, Unit
 from autoprune.engine.prune import PruneConfig
 from autoprune.engine.sparsity import MaskedLinear, effective_weight
 
@@ -86,9 +87,10 @@ def measure(model: PreTrainedModel, seq_len: int = 128) -> Size:
     ``2 * seq_len**2 * heads * head_dim`` MACs per layer to those of the linear layers.
     """
     family = family_of(model)
+    groups = family.groups(model)
     arch = describe(model)
     prunable_modules = [
-        lin for layer in family.layers(model) for lin in family.prunable_linears(layer).values()
+        lin for layer in family.layers(model) for lin in groups.linears(layer).values()
     ]
     masks = {f"{name}.mask" for name, m in model.named_modules() if isinstance(m, MaskedLinear)}
     saved_bytes = sum(
@@ -108,7 +110,7 @@ def measure(model: PreTrainedModel, seq_len: int = 128) -> Size:
 
 @dataclass(frozen=True)
 class _UnitCost:
-    """What one head or one neuron of a layer carries: parameters, weights, MACs."""
+    """What one unit (head, key/value group, neuron) of a layer carries."""
 
     params: int
     weights: int
@@ -119,60 +121,58 @@ class _UnitCost:
 class SizeModel:
     """The exact size of structurally pruned variants of one model, without building them.
 
-    Every head of a layer carries the same rows and columns of its attention projections,
-    every neuron the same of its feed-forward ones, so sizes are sums of per-unit costs.
-    Unstructured zeros are counted as the masks will make them (weights that are already
-    exactly zero are not foreseen, so ``nonzero`` can be slightly above the measured value).
-    Used to check a size band before any model is built; tests hold it to :func:`measure`.
+    Every query head of a layer carries the same rows and columns of its attention
+    projections, every key/value group the same rows of the key and value projections, every
+    neuron the same of its MLP ones (the family's :class:`LayerGroups` say which), so sizes
+    are sums of per-unit costs. Unstructured zeros are counted as the masks will make them
+    (weights that are already exactly zero are not foreseen, so ``nonzero`` can be slightly
+    above the measured value). Used to check a size band before any model is built; tests
+    hold it to :func:`measure`.
     """
 
     dense: Size
-    heads: tuple[int, ...]
-    ffn: tuple[int, ...]
-    head_cost: tuple[_UnitCost, ...]
-    neuron_cost: tuple[_UnitCost, ...]
+    arch: Architecture
+    costs: tuple[dict[Unit, _UnitCost], ...]
     bytes_per_param: int
 
     @classmethod
     def of(cls, model: PreTrainedModel, dense: Size) -> SizeModel:
         """The size model of ``model``, whose measured size (at its ``seq_len``) is ``dense``."""
         family = family_of(model)
+        groups = family.groups(model)
         arch = describe(model)
-        lay = family.layout
-        tokens, d = dense.seq_len, arch.head_dim
-        head_cost, neuron_cost = [], []
+        tokens = dense.seq_len
+        costs = []
         for layer in family.layers(model):
-            head = [0, 0]  # params, weights
-            neuron = [0, 0]
-            for path, linear in family.prunable_linears(layer).items():
-                bias = linear.bias is not None
-                if path in (*lay.query, *lay.key_value):  # rows: head_dim per head
-                    head[0] += d * linear.in_features + (d if bias else 0)
-                    head[1] += d * linear.in_features
-                elif path == lay.attention_out:  # columns: head_dim per head
-                    head[0] += d * linear.out_features
-                    head[1] += d * linear.out_features
-                elif path in lay.ffn_in:  # rows: one per neuron
-                    neuron[0] += linear.in_features + (1 if bias else 0)
-                    neuron[1] += linear.in_features
-                else:  # ffn_out, columns: one per neuron
-                    neuron[0] += linear.out_features
-                    neuron[1] += linear.out_features
-            attention = 2 * tokens * tokens * d  # scores and weighted values, per head
-            head_cost.append(_UnitCost(head[0], head[1], tokens * head[1] + attention))
-            neuron_cost.append(_UnitCost(neuron[0], neuron[1], tokens * neuron[1]))
+            linears = groups.linears(layer)
+            layer_costs = {}
+            for unit in UNITS:
+                shares = [s.cost(linears[s.path]) for s in groups.slices(unit) if s.path in linears]
+                params, weights = sum(p for p, _ in shares), sum(w for _, w in shares)
+                # a query head also computes its scores and weighted values
+                attention = 2 * tokens * tokens * arch.head_dim if unit == "head" else 0
+                layer_costs[unit] = _UnitCost(params, weights, tokens * weights + attention)
+            costs.append(layer_costs)
         element = next(model.parameters()).element_size()
-        return cls(dense, arch.heads, arch.ffn, tuple(head_cost), tuple(neuron_cost), element)
+        return cls(dense, arch, tuple(costs), element)
 
     def size(self, config: PruneConfig) -> Size:
-        """The size :func:`autoprune.prune` with ``config`` will give, then :func:`measure`."""
+        """The size :func:`autoprune.prune` with ``config`` will give, then :func:`measure`.
+
+        Raises:
+            PruneConfigError: If ``config`` does not fit the model.
+        """
+        config.validate(self.arch)
+        kept = {"head": config.heads, "kv": config.key_value_heads(self.arch), "neuron": config.ffn}
+        dense_units = {"head": self.arch.heads, "kv": self.arch.kv_heads, "neuron": self.arch.ffn}
         removed_params = removed_macs = zeros = 0
-        for layer, (heads, ffn) in enumerate(zip(self.heads, self.ffn, strict=True)):
-            head, neuron = self.head_cost[layer], self.neuron_cost[layer]
-            cut_heads, cut_neurons = heads - config.heads[layer], ffn - config.ffn[layer]
-            removed_params += cut_heads * head.params + cut_neurons * neuron.params
-            removed_macs += cut_heads * head.macs + cut_neurons * neuron.macs
-            kept_weights = config.heads[layer] * head.weights + config.ffn[layer] * neuron.weights
+        for layer, costs in enumerate(self.costs):
+            kept_weights = 0
+            for unit, cost in costs.items():
+                cut = dense_units[unit][layer] - kept[unit][layer]
+                removed_params += cut * cost.params
+                removed_macs += cut * cost.macs
+                kept_weights += kept[unit][layer] * cost.weights
             zeros += round(config.sparsity[layer] * kept_weights)
         dense = self.dense
         return Size(
@@ -196,7 +196,8 @@ def latency(
 ) -> list[float]:
     """Seconds per forward pass of a ``(batch_size, seq_len)`` batch, ``repeats`` times.
 
-    Runs ``warmup`` passes first, under ``torch.inference_mode`` on the model's device.
+    Runs ``warmup`` passes first, in eval mode under ``torch.inference_mode`` on the model's
+    device; the model's train/eval mode is the same on return.
     """
     device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(seed)
@@ -206,15 +207,17 @@ def latency(
     was_training = model.training
     model.eval()
     times = []
-    with torch.inference_mode():
-        for i in range(warmup + repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            model(input_ids=ids, attention_mask=mask)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times.append(time.perf_counter() - start)
-    model.train(was_training)
+    try:
+        with torch.inference_mode():
+            for i in range(warmup + repeats):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                model(input_ids=ids, attention_mask=mask)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if i >= warmup:
+                    times.append(time.perf_counter() - start)
+    finally:
+        model.train(was_training)
     return times

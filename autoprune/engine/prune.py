@@ -1,9 +1,10 @@
 """The plan (:class:`PruneConfig`) and its application (:func:`prune`).
 
-A PruneConfig says, per layer, how many attention heads and feed-forward neurons to keep and
-what fraction of the remaining linear weights to zero. :func:`prune` reads importance
-scores to choose which heads, neurons and weights those are, and returns a new model: heads
-and neurons physically sliced out, the sparsity held by masks.
+A PruneConfig says, per layer, how many query heads, key/value groups and feed-forward
+neurons to keep and what fraction of the remaining linear weights to zero. :func:`prune`
+reads importance scores to choose which heads, groups, neurons and weights those are, and
+returns a new model: heads, groups and neurons physically sliced out, the sparsity held by
+masks.
 """
 
 from __future__ import annotations
@@ -27,25 +28,37 @@ class PruneConfigError(ValueError):
     """A PruneConfig that is malformed or does not fit the model."""
 
 
+_KEYS = ("heads", "ffn", "sparsity", "kv_heads")
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     """Per-layer pruning plan.
 
+    A layer keeps ``kv_heads[l]`` whole key/value groups and ``heads[l]`` query heads, the
+    same number, ``heads[l] / kv_heads[l]``, in every kept group: removing whole groups with
+    their query heads, and keeping fewer query heads in every group, are both plans. A head is
+    never split, and a key/value projection always matches the query heads that read it.
+
     Attributes:
-        heads: Attention heads to keep in each layer (0 keeps only the residual path).
+        heads: Query heads to keep in each layer (0 keeps only the residual path).
         ffn: Feed-forward neurons to keep in each layer.
         sparsity: Fraction of the layer's remaining linear weights to zero, in ``[0, 1)``.
+        kv_heads: Key/value heads (groups) to keep in each layer, or None for the default
+            (:meth:`key_value_heads`): every group the kept query heads can fill.
     """
 
     heads: tuple[int, ...]
     ffn: tuple[int, ...]
     sparsity: tuple[float, ...]
+    kv_heads: tuple[int, ...] | None
 
     def __init__(
         self,
         heads: Sequence[int],
         ffn: Sequence[int],
         sparsity: Sequence[float] | None = None,
+        kv_heads: Sequence[int] | None = None,
     ) -> None:
         sparsity = [0.0] * len(heads) if sparsity is None else sparsity
         if not len(heads) == len(ffn) == len(sparsity):
@@ -53,8 +66,16 @@ class PruneConfig:
                 f"heads, ffn and sparsity must have one entry per layer; got "
                 f"{len(heads)}, {len(ffn)} and {len(sparsity)} entries"
             )
+        if kv_heads is not None and len(kv_heads) != len(heads):
+            raise PruneConfigError(
+                f"kv_heads must have one entry per layer; got {len(kv_heads)} entries "
+                f"for {len(heads)} layers"
+            )
         for layer, (h, f, s) in enumerate(zip(heads, ffn, sparsity, strict=True)):
-            for field, value in (("heads", h), ("ffn", f)):
+            counts = [("heads", h), ("ffn", f)]
+            if kv_heads is not None:
+                counts.append(("kv_heads", kv_heads[layer]))
+            for field, value in counts:
                 if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                     raise PruneConfigError(
                         f"layer {layer}: {field}={value!r}, expected a whole number >= 0"
@@ -66,6 +87,8 @@ class PruneConfig:
         object.__setattr__(self, "heads", tuple(int(h) for h in heads))
         object.__setattr__(self, "ffn", tuple(int(f) for f in ffn))
         object.__setattr__(self, "sparsity", tuple(float(s) for s in sparsity))
+        kv = None if kv_heads is None else tuple(int(k) for k in kv_heads)
+        object.__setattr__(self, "kv_heads", kv)
 
     @property
     def num_layers(self) -> int:
@@ -75,14 +98,22 @@ class PruneConfig:
     def uniform(
         cls, arch: Architecture, heads: float = 1.0, ffn: float = 1.0, sparsity: float = 0.0
     ) -> PruneConfig:
-        """The same ratios in every layer: keep ``round(heads * n)`` heads, and so on."""
+        """The same ratios in every layer.
+
+        Each layer keeps ``round(heads * k)`` of its ``k`` key/value groups, whole, with all
+        their query heads (without grouped-query attention: ``round(heads * n)`` of its ``n``
+        heads), ``round(ffn * m)`` of its ``m`` neurons, and zeros ``sparsity`` of the rest.
+        """
         for field, ratio in (("heads", heads), ("ffn", ffn)):
             if not 0.0 <= ratio <= 1.0:
                 raise PruneConfigError(f"{field} ratio must be in [0, 1], got {ratio}")
+        kv_heads = [round(heads * k) for k in arch.kv_heads]
+        grouped = any(arch.group_size(layer) > 1 for layer in range(arch.num_layers))
         return cls(
-            heads=[round(heads * n) for n in arch.heads],
+            heads=[kv * arch.group_size(layer) for layer, kv in enumerate(kv_heads)],
             ffn=[round(ffn * n) for n in arch.ffn],
             sparsity=[sparsity] * arch.num_layers,
+            kv_heads=kv_heads if grouped else None,
         )
 
     @classmethod
@@ -90,42 +121,83 @@ class PruneConfig:
         """Keep everything."""
         return cls.uniform(arch)
 
-    def validate(self, arch: Architecture) -> None:
-        """Raise :class:`PruneConfigError` naming the layer and field that ``arch`` cannot take."""
+    def key_value_heads(self, arch: Architecture) -> tuple[int, ...]:
+        """The key/value heads each layer keeps: ``kv_heads`` where given, else as many of the
+        layer's key/value groups as it keeps query heads, up to all of them (so ``heads``
+        itself without grouped-query attention, and every group when ``heads`` fills them).
+
+        Raises:
+            PruneConfigError: If the config and ``arch`` have different numbers of layers.
+        """
         if self.num_layers != arch.num_layers:
             raise PruneConfigError(
                 f"the config has {self.num_layers} layers, the model has {arch.num_layers}"
             )
+        if self.kv_heads is not None:
+            return self.kv_heads
+        return tuple(min(h, k) for h, k in zip(self.heads, arch.kv_heads, strict=True))
+
+    def validate(self, arch: Architecture) -> None:
+        """Raise :class:`PruneConfigError` naming the layer and field that ``arch`` cannot take.
+
+        Beyond the bounds, each layer's query heads must split evenly over its kept key/value
+        groups, no more per group than the model's groups hold.
+        """
+        kv_heads = self.key_value_heads(arch)
         for layer in range(arch.num_layers):
-            if self.heads[layer] > arch.heads[layer]:
+            heads, kv = self.heads[layer], kv_heads[layer]
+            for field, value, limit, unit in (
+                ("heads", heads, arch.heads[layer], "heads"),
+                ("kv_heads", kv, arch.kv_heads[layer], "key/value heads"),
+                ("ffn", self.ffn[layer], arch.ffn[layer], "neurons"),
+            ):
+                if value > limit:
+                    raise PruneConfigError(
+                        f"layer {layer}: {field}={value}, but the layer has {limit} {unit} "
+                        f"(allowed 0..{limit})"
+                    )
+            pair = f"layer {layer}: heads={heads} with kv_heads={kv}"
+            if (heads == 0) != (kv == 0):
                 raise PruneConfigError(
-                    f"layer {layer}: heads={self.heads[layer]}, but the layer has "
-                    f"{arch.heads[layer]} heads (allowed 0..{arch.heads[layer]})"
+                    f"{pair}: a layer keeps key/value heads exactly when it keeps query heads"
                 )
-            if self.ffn[layer] > arch.ffn[layer]:
+            if kv > 0 and heads % kv != 0:
                 raise PruneConfigError(
-                    f"layer {layer}: ffn={self.ffn[layer]}, but the layer has "
-                    f"{arch.ffn[layer]} neurons (allowed 0..{arch.ffn[layer]})"
+                    f"{pair}: each kept key/value group must keep the same number of query heads"
+                )
+            if kv > 0 and heads // kv > arch.group_size(layer):
+                raise PruneConfigError(
+                    f"{pair}: a key/value group holds at most {arch.group_size(layer)} query heads"
                 )
 
     def to_dict(self) -> dict[str, list[Any]]:
-        return {"heads": list(self.heads), "ffn": list(self.ffn), "sparsity": list(self.sparsity)}
+        """``{"heads": .., "ffn": .., "sparsity": ..}``, with ``"kv_heads"`` where it is set."""
+        data: dict[str, list[Any]] = {
+            "heads": list(self.heads),
+            "ffn": list(self.ffn),
+            "sparsity": list(self.sparsity),
+        }
+        if self.kv_heads is not None:
+            data["kv_heads"] = list(self.kv_heads)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "PruneConfig") -> PruneConfig:
-        """Build from ``{"heads": [..], "ffn": [..], "sparsity": [..]}``; errors name ``source``."""
+        """Build from :meth:`to_dict`'s form (``sparsity`` and ``kv_heads`` optional); errors
+        name ``source``."""
         if not isinstance(data, Mapping):
             raise PruneConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
-        unknown = sorted(set(data) - {"heads", "ffn", "sparsity"})
+        unknown = sorted(set(data) - set(_KEYS))
         if unknown:
             raise PruneConfigError(
-                f"{source}: unknown key(s) {unknown}; allowed: heads, ffn, sparsity"
+                f"{source}: unknown key(s) {unknown}; allowed: {', '.join(_KEYS)}"
             )
-        for key in ("heads", "ffn", "sparsity"):
-            if not isinstance(data.get(key), list) and not (key == "sparsity" and key not in data):
+        for key in _KEYS:
+            optional = key in ("sparsity", "kv_heads")
+            if not isinstance(data.get(key), list) and not (optional and key not in data):
                 raise PruneConfigError(f"{source}: key {key!r} must be a list, one entry per layer")
         try:
-            return cls(data["heads"], data["ffn"], data.get("sparsity"))
+            return cls(data["heads"], data["ffn"], data.get("sparsity"), data.get("kv_heads"))
         except PruneConfigError as error:
             raise PruneConfigError(f"{source}: {error}") from None
 
@@ -156,26 +228,64 @@ def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.topk(scores.float(), k).indices.sort().values
 
 
+def _choose_heads(
+    scores: torch.Tensor, group_size: int, heads: int, kv_heads: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The query heads and key/value groups one layer keeps, each in increasing order.
+
+    Every group is worth the summed scores of its ``heads / kv_heads`` best heads (the ones it
+    would keep); the ``kv_heads`` groups worth most are kept, each with those heads.
+
+    Args:
+        scores: One score per query head, ``(groups * group_size,)``; query head ``i`` belongs
+            to group ``i // group_size``.
+        group_size: Query heads per key/value group in the layer now.
+        heads: Query heads to keep, a multiple of ``kv_heads`` (validated by the config).
+        kv_heads: Key/value groups to keep.
+    """
+    if kv_heads == 0:
+        none = torch.zeros(0, dtype=torch.long)
+        return none, none
+    per_group = scores.float().view(-1, group_size)  # (groups, group_size)
+    best = per_group.topk(heads // kv_heads, dim=1)  # (groups, heads / kv_heads)
+    keep_kv = _top(best.values.sum(dim=1), kv_heads)  # (kv_heads,)
+    within = best.indices[keep_kv].sort(dim=1).values  # (kv_heads, heads / kv_heads)
+    keep_heads = (keep_kv[:, None] * group_size + within).reshape(-1)  # (heads,)
+    return keep_heads, keep_kv
+
+
 def prune(model: PreTrainedModel, config: PruneConfig, scores: Scores) -> PreTrainedModel:
     """A pruned copy of ``model``; ``model`` itself is untouched.
 
-    Guarantees: each layer keeps its ``config.heads[l]`` highest-scored heads and
-    ``config.ffn[l]`` highest-scored neurons, sliced out of the weight matrices; then exactly
-    ``round(config.sparsity[l] * n)`` of the layer's ``n`` remaining linear weights, the
-    lowest-scored, are zero and held at zero by masks (:class:`MaskedLinear`).
+    Guarantees: each layer keeps the ``kv_heads[l]`` key/value groups (see
+    :meth:`PruneConfig.key_value_heads`) whose best ``heads[l] / kv_heads[l]`` heads score
+    highest, with those heads, and its ``ffn[l]`` highest-scored neurons, all sliced out of
+    the weight matrices (without grouped-query attention: the ``heads[l]`` highest-scored
+    heads). Then exactly ``round(config.sparsity[l] * n)`` of the layer's ``n`` remaining
+    linear weights, the lowest-scored, are zero and held at zero by masks
+    (:class:`MaskedLinear`).
+
+    Raises:
+        PruneConfigError: If ``config`` does not fit ``model``.
+        ValueError: If ``scores`` do not fit ``model``, or sparsity is asked for without
+            per-weight scores.
     """
     family = family_of(model)
     arch = describe(model)
     config.validate(arch)
     scores.check(arch)
+    kv_heads = config.key_value_heads(arch)
     pruned = copy.deepcopy(model)
+    groups = family.groups(pruned)
     for index, layer in enumerate(family.layers(pruned)):
-        keep_heads = _top(scores.heads[index], config.heads[index])
+        keep_heads, keep_kv = _choose_heads(
+            scores.heads[index], arch.group_size(index), config.heads[index], kv_heads[index]
+        )
         keep_neurons = _top(scores.neurons[index], config.ffn[index])
-        plan = family.slice_layer(layer, keep_heads, keep_neurons, arch.head_dim)
+        plan = family.slice_layer(layer, groups, keep_heads, keep_kv, keep_neurons)
         if config.sparsity[index] == 0.0:
             continue
-        linears = family.prunable_linears(layer)
+        linears = groups.linears(layer)
         layer_scores = {}
         for path in linears:
             if path not in scores.weights[index]:

@@ -1,10 +1,11 @@
 """Saving and loading pruned models.
 
 A pruned model directory is what ``save_pretrained`` would write (``config.json``,
-``model.safetensors``, the tokenizer's files) with the per-layer shapes recorded in the
-config under ``"autoprune"``. :func:`load_pruned` rebuilds the model class from the config,
-gives each layer its recorded shapes and loads the weights strictly, so the reloaded model
-computes exactly what the saved one did.
+``model.safetensors``, the tokenizer's files) with the per-layer shapes (query heads,
+key/value heads, MLP neurons) recorded in the config under ``"autoprune"``.
+:func:`load_pruned` rebuilds the model class from the config, gives each layer its recorded
+shapes and loads the weights strictly, so the reloaded model computes exactly what the saved
+one did.
 """
 
 from __future__ import annotations
@@ -54,7 +55,12 @@ def save_pruned(
     setattr(
         config,
         CONFIG_KEY,
-        {"family": arch.family, "heads": list(arch.heads), "ffn": list(arch.ffn)},
+        {
+            "family": arch.family,
+            "heads": list(arch.heads),
+            "kv_heads": list(arch.kv_heads),
+            "ffn": list(arch.ffn),
+        },
     )
     config.save_pretrained(directory)
     state = {k: v.detach().contiguous().cpu() for k, v in baked.state_dict().items()}
@@ -89,7 +95,9 @@ def load_pruned(
     if model_class is None:
         raise ValueError(f"{config_file}: unknown model class {class_name!r} in 'architectures'")
     model = model_class(config)
-    family_of(model).reshape(model, shapes["heads"], shapes["ffn"])
+    # directories written before key/value heads were recorded hold no grouped-query attention
+    kv_heads = shapes.get("kv_heads", shapes["heads"])
+    family_of(model).reshape(model, shapes["heads"], kv_heads, shapes["ffn"])
     model.load_state_dict(load_file(str(weights_file)), strict=True)
     model.eval()
     has_tokenizer = (directory / "tokenizer_config.json").is_file()

@@ -1,4 +1,4 @@
-"""Model families: what is prunable in each and how to slice it.
+"""Model families: where their layers are and what is prunable in each.
 
 :func:`family_of` picks the family of a model from its config's ``model_type``;
 :func:`describe` reads a model's :class:`Architecture`, pruned or not.
@@ -8,13 +8,20 @@ from __future__ import annotations
 
 from transformers import PreTrainedModel
 
-from autoprune.engine.arch.base import Architecture, Family, LayerLayout, ZeroHeadAttention
+from autoprune.engine.arch.base import Architecture, Family
 from autoprune.engine.arch.bert import BertFamily
 from autoprune.engine.arch.distilbert import DistilBertFamily
 from autoprune.engine.arch.electra import ElectraFamily
+from autoprune.engine.arch.llama import LlamaFamily
 from autoprune.engine.arch.roberta import RobertaFamily
 
-FAMILIES: tuple[Family, ...] = (BertFamily(), RobertaFamily(), ElectraFamily(), DistilBertFamily())
+FAMILIES: tuple[Family, ...] = (
+    BertFamily(),
+    RobertaFamily(),
+    ElectraFamily(),
+    DistilBertFamily(),
+    LlamaFamily(),
+)
 
 
 class UnsupportedModelError(ValueError):
@@ -48,9 +55,7 @@ __all__ = [
     "FAMILIES",
     "Architecture",
     "Family",
-    "LayerLayout",
     "UnsupportedModelError",
-    "ZeroHeadAttention",
     "describe",
     "family_of",
     "supported_model_types",

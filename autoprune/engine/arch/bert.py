@@ -11,7 +11,8 @@ from typing import Any, cast
 from torch import nn
 from transformers import PreTrainedModel
 
-from autoprune.engine.arch.base import Family, LayerLayout
+from autoprune.engine.arch.base import Family
+from autoprune.engine.groups import LayerGroups, columns, rows
 
 
 class BertFamily(Family):
@@ -19,14 +20,6 @@ class BertFamily(Family):
 
     name = "bert"
     model_types: tuple[str, ...] = ("bert",)
-    layout = LayerLayout(
-        query=("attention.self.query",),
-        key_value=("attention.self.key", "attention.self.value"),
-        attention_out="attention.output.dense",
-        ffn_in=("intermediate.dense",),
-        ffn_out="output.dense",
-        attention_block="attention.self",
-    )
 
     def layers(self, model: PreTrainedModel) -> list[nn.Module]:
         return list(cast(Any, model.base_model).encoder.layer)
@@ -34,3 +27,17 @@ class BertFamily(Family):
     def head_dim(self, model: PreTrainedModel) -> int:
         config = model.config
         return config.hidden_size // config.num_attention_heads
+
+    def groups(self, model: PreTrainedModel) -> LayerGroups:
+        d = self.head_dim(model)
+        return LayerGroups(
+            head=(rows("attention.self.query", d), columns("attention.output.dense", d)),
+            kv=(rows("attention.self.key", d), rows("attention.self.value", d)),
+            neuron=(rows("intermediate.dense"), columns("output.dense")),
+            attention_block="attention.self",
+        )
+
+    def sync_attention(self, layer: nn.Module, heads: int, kv_heads: int) -> None:
+        attention = cast(Any, layer).attention.self
+        attention.num_attention_heads = heads
+        attention.all_head_size = heads * attention.attention_head_size

@@ -7,7 +7,8 @@ from typing import Any, cast
 from torch import nn
 from transformers import PreTrainedModel
 
-from autoprune.engine.arch.base import Family, LayerLayout
+from autoprune.engine.arch.base import Family
+from autoprune.engine.groups import LayerGroups, columns, rows
 
 
 class DistilBertFamily(Family):
@@ -15,14 +16,6 @@ class DistilBertFamily(Family):
 
     name = "distilbert"
     model_types = ("distilbert",)
-    layout = LayerLayout(
-        query=("attention.q_lin",),
-        key_value=("attention.k_lin", "attention.v_lin"),
-        attention_out="attention.out_lin",
-        ffn_in=("ffn.lin1",),
-        ffn_out="ffn.lin2",
-        attention_block="attention",
-    )
 
     def layers(self, model: PreTrainedModel) -> list[nn.Module]:
         return list(cast(Any, model.base_model).transformer.layer)
@@ -30,3 +23,15 @@ class DistilBertFamily(Family):
     def head_dim(self, model: PreTrainedModel) -> int:
         config = model.config
         return config.dim // config.n_heads
+
+    def groups(self, model: PreTrainedModel) -> LayerGroups:
+        d = self.head_dim(model)
+        return LayerGroups(
+            head=(rows("attention.q_lin", d), columns("attention.out_lin", d)),
+            kv=(rows("attention.k_lin", d), rows("attention.v_lin", d)),
+            neuron=(rows("ffn.lin1"), columns("ffn.lin2")),
+            attention_block="attention",
+        )
+
+    def sync_attention(self, layer: nn.Module, heads: int, kv_heads: int) -> None:
+        cast(Any, layer).attention.n_heads = heads
