@@ -13,11 +13,12 @@ from autoprune.engine.arch.bert import BertFamily
 from autoprune.engine.arch.distilbert import DistilBertFamily
 from autoprune.engine.arch.electra import ElectraFamily
 from autoprune.engine.arch.roberta import RobertaFamily
+from autoprune.errors import AutopruneError
 
 FAMILIES: tuple[Family, ...] = (BertFamily(), RobertaFamily(), ElectraFamily(), DistilBertFamily())
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(AutopruneError, ValueError):
     """The model's family is not one autoprune knows how to prune."""
 
 
