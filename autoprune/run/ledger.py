@@ -136,3 +136,22 @@ def front_trials(study: optuna.Study) -> list[FrozenTrial]:
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     points = [(t.values[0], t.values[1]) for t in trials]
     return [t for t, keep in zip(trials, nondominated(points), strict=True) if keep]
+
+
+def _checkpoint_error_key(number: int) -> str:
+    return f"checkpoint_error_{number}"
+
+
+def record_checkpoint_error(study: optuna.Study, number: int, reason: str) -> None:
+    """Note that complete trial ``number``'s retrained model could not be kept, and why.
+
+    A finished trial's attributes cannot change, so the note is a study user attribute.
+    """
+    study.set_user_attr(_checkpoint_error_key(number), reason)
+
+
+def checkpoint_error(study_attrs: dict[str, Any], number: int) -> str | None:
+    """Why trial ``number``'s checkpoint could not be written, or None; ``study_attrs`` are
+    the study's user attributes (read them once for many trials)."""
+    reason: str | None = study_attrs.get(_checkpoint_error_key(number))
+    return reason

@@ -18,6 +18,18 @@ from autoprune.run.session import Session, baseline_configs, open_session, run_b
 from autoprune.search.spec import load_study
 
 
+class SearchStopped(KeyboardInterrupt):
+    """The user stopped the search (Ctrl-C); what ran is recorded and ``run`` resumes it.
+
+    Attributes:
+        run: The run directory: ``autoprune search RUN`` resumes the search.
+    """
+
+    def __init__(self, run: Path) -> None:
+        super().__init__(f"the search in {run} was stopped")
+        self.run = run
+
+
 def run_search(
     study_file: str | Path,
     out: str | Path | None = None,
@@ -27,7 +39,8 @@ def run_search(
 
     ``study_file`` may also be a run directory, which resumes it with its saved study.
     ``overrides`` set dotted keys of the study (``{"budget.trials": 40}``). The study's
-    uniform baseline is trained after the search, in this process.
+    uniform baseline is trained after the search, in this process. Ctrl-C raises
+    :class:`SearchStopped` (a ``KeyboardInterrupt``) naming the run directory.
     """
     path = Path(study_file)
     if path.is_dir():
@@ -44,6 +57,8 @@ def run_search(
             run_trials(session)
             if spec.baseline.ratios:
                 run_baseline_configs(session, baseline_configs(session, spec.baseline.ratios))
+        except KeyboardInterrupt:
+            raise SearchStopped(run.path) from None
         finally:
             logging.getLogger("autoprune").removeHandler(handler)
     return session

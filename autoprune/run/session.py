@@ -28,18 +28,18 @@ from autoprune.run.ledger import (
     Kind,
     count_spent,
     front_trials,
+    record_checkpoint_error,
     record_rung,
     recover_interrupted,
     rung_points,
     tell_not_complete,
     tell_outcome,
 )
-from autoprune.run.prepare import Prepared, pick_device, prepare
+from autoprune.run.prepare import Prepared, check_inputs, pick_device, prepare
 from autoprune.run.rundir import (
     BASELINE,
     SEARCH,
     RunDir,
-    open_storage,
     open_study,
     write_atomically,
 )
@@ -93,7 +93,7 @@ class Session:
             tell_not_complete(
                 study, trial, "outside_band", str(error), "search", {"config": config.to_dict()}
             )
-        raise RuntimeError(
+        raise StudyError(
             f"the controller proposed {MAX_OUTSIDE_BAND_IN_A_ROW} configurations in a row "
             f"outside the size band; widen objectives.min_size/max_size or the search space"
         )
@@ -104,12 +104,18 @@ class Session:
         """Keep trial ``number``'s retrained model (``write(directory)`` writes it) if the
         trial is on ``study``'s front, and delete the checkpoints the front no longer holds.
 
-        Export then loads exactly the weights whose metric the trial recorded.
+        Export then loads exactly the weights whose metric the trial recorded. A checkpoint
+        that cannot be written (an ``OSError``) is logged and recorded on the study (see
+        :func:`record_checkpoint_error`); no partial copy stays, and the search goes on.
         """
         which = SEARCH if study is self.search else BASELINE
         front = {t.number for t in front_trials(study)}
         if number in front:
-            write_atomically(self.run.checkpoint(which, number), write)
+            try:
+                write_atomically(self.run.checkpoint(which, number), write)
+            except OSError as error:  # a full disk, say: the trial stays, without weights
+                log.warning("trial %d: its checkpoint could not be written: %s", number, error)
+                record_checkpoint_error(study, number, f"{type(error).__name__}: {error}")
         for path in self.run.checkpoints.glob(f"{which}_*"):
             number_text = path.name.rsplit("_", 1)[1]  # a ".partial" left by a kill goes too
             if not number_text.isdigit() or int(number_text) not in front:
@@ -186,11 +192,15 @@ def open_session(spec: StudySpec, run: RunDir, read_only: bool = False) -> Sessi
                 f"{run.path} holds study {held!r}, not {spec.name!r}; use another --out"
             )
     device = pick_device(spec.device)
+    if not read_only:  # seconds now rather than after the dense model is prepared
+        check_inputs(spec, run.prepared)
+        if not run.space_file.is_file():
+            load_space(spec.search_space)
+    storage = run.open_storage(spec, create=not read_only)
     prepared = prepare(spec, run.prepared, device)  # refuses a run prepared differently
     space = SearchSpace(_search_space(spec, run, read_only), describe(prepared.model))
     if not read_only:
         save_study(spec, run.study_file)
-    storage = open_storage(run.storage_url(spec))
     search = open_study(spec, storage, SEARCH, None)
     # A resumed search seeds its controller anew, or it would propose its first trials again.
     seed = spec.controller.seed + 1_000_003 * len(search.trials)
