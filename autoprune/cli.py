@@ -11,6 +11,8 @@ from typing import Any, get_args
 
 import optuna
 
+from autoprune import __version__
+from autoprune.errors import AutopruneError
 from autoprune.reports.results import TableFormat
 from autoprune.run.ledger import Kind
 from autoprune.search.controllers import CONTROLLERS
@@ -19,6 +21,10 @@ from autoprune.search.spec import BackendName
 KINDS = get_args(Kind)
 
 log = logging.getLogger("autoprune")
+
+
+class UsageError(AutopruneError):
+    """Command-line arguments that do not go together."""
 
 
 def _ratios(text: str) -> list[float]:
@@ -66,8 +72,10 @@ def _baseline(args: argparse.Namespace) -> None:
     from autoprune.run.session import baseline_configs, open_run, run_baseline_configs
 
     if bool(args.heads_ratios) != bool(args.ffn_ratios):
-        raise ValueError("--heads-ratios and --ffn-ratios go together (a layer-uniform grid)")
-    with RunLock(RunDir(Path(args.run))):
+        raise UsageError("--heads-ratios and --ffn-ratios go together (a layer-uniform grid)")
+    run = RunDir(Path(args.run))
+    run.load_spec()  # a missing or foreign directory is refused before the lock creates it
+    with RunLock(run):
         session = open_run(args.run, read_only=False)
         configs = baseline_configs(
             session, args.ratios, args.heads_ratios or (), args.ffn_ratios or ()
@@ -93,7 +101,9 @@ def _plot(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from autoprune.reports.export import export
 
-    result = export(args.run, args.out, args.trial, args.max_size, args.min_metric, args.kind)
+    result = export(
+        args.run, args.out, args.trial, args.max_size, args.min_metric, args.kind, args.force
+    )
     source = "its kept checkpoint" if result.from_checkpoint else "a re-run of its configuration"
     print(f"exported trial {result.trial} from {source} to {result.directory}")
     for split in ("search", "test"):
@@ -109,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="autoprune", description="Search for the best way to prune a transformer."
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    parser.add_argument("--version", action="version", version=f"autoprune {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     search = commands.add_parser("search", help="run or resume a search")
@@ -156,7 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
     choice.add_argument("--trial", type=int, help="trial number")
     choice.add_argument("--max-size", type=float, help="best front point at most this size")
     choice.add_argument("--min-metric", type=float, help="smallest front point reaching this")
-    export.add_argument("--out", required=True, help="directory to write")
+    export.add_argument("--out", required=True, help="directory to write (new or empty)")
+    export.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty --out, overwriting files of the same names",
+    )
     export.add_argument(
         "--kind",
         choices=KINDS,
@@ -175,12 +191,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     logging.getLogger("autoprune").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    for library in ("huggingface_hub", "datasets"):  # they print through their own handlers;
+        logging.getLogger(library).propagate = False  # through the root too, lines came twice
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from autoprune.search.spec import StudyError
+    from autoprune.run.search import SearchStopped
 
     try:
         args.handler(args)
-    except (StudyError, ValueError, FileNotFoundError) as error:
+    except AutopruneError as error:
         print(f"autoprune: error: {error}", file=sys.stderr)
         return 2
+    except SearchStopped as stop:
+        print(
+            f"autoprune: search stopped (Ctrl-C); finished trials are kept. "
+            f"Resume with: autoprune search {stop.run}",
+            file=sys.stderr,
+        )
+        return 130
+    except KeyboardInterrupt:
+        print("autoprune: stopped (Ctrl-C)", file=sys.stderr)
+        return 130
     return 0
