@@ -11,12 +11,18 @@ from typing import Any, get_args
 
 import optuna
 
+from autoprune import __version__
+from autoprune.errors import AutopruneError
 from autoprune.reports.results import TableFormat
 from autoprune.run.ledger import KINDS, Kind
 from autoprune.search.controllers import CONTROLLERS
-from autoprune.search.spec import BackendName, StudyError
+from autoprune.search.spec import BackendName
 
 log = logging.getLogger("autoprune")
+
+
+class UsageError(AutopruneError):
+    """Command-line arguments that do not go together."""
 
 
 def _ratios(text: str) -> list[float]:
@@ -59,12 +65,12 @@ def _search(args: argparse.Namespace) -> None:
 
 def _baseline(args: argparse.Namespace) -> None:
     from autoprune.reports.results import load_run, render
+    from autoprune.run.rundir import RunDir
     from autoprune.workflow import run_baselines
 
     if bool(args.heads_ratios) != bool(args.ffn_ratios):
-        raise StudyError("--heads-ratios and --ffn-ratios go together (a layer-uniform grid)")
-    if not Path(args.run).is_dir():
-        raise StudyError(f"run directory not found: {args.run}")
+        raise UsageError("--heads-ratios and --ffn-ratios go together (a layer-uniform grid)")
+    RunDir(Path(args.run)).load_spec()  # a missing or foreign directory is refused first
     run_dir = run_baselines(
         args.run,
         uniform=args.ratios,
@@ -94,7 +100,9 @@ def _plot(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from autoprune.reports.export import export
 
-    result = export(args.run, args.out, args.trial, args.max_size, args.min_metric, args.kind)
+    result = export(
+        args.run, args.out, args.trial, args.max_size, args.min_metric, args.kind, args.force
+    )
     source = "its kept checkpoint" if result.from_checkpoint else "a re-run of its configuration"
     print(f"exported trial {result.trial} from {source} to {result.directory}")
     for split in ("search", "test"):
@@ -110,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="autoprune", description="Search for the best way to prune a transformer."
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    parser.add_argument("--version", action="version", version=f"autoprune {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     search = commands.add_parser("search", help="run or resume a search")
@@ -157,7 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     choice.add_argument("--trial", type=int, help="trial number")
     choice.add_argument("--max-size", type=float, help="best front point at most this size")
     choice.add_argument("--min-metric", type=float, help="smallest front point reaching this")
-    export.add_argument("--out", required=True, help="directory to write")
+    export.add_argument("--out", required=True, help="directory to write (new or empty)")
+    export.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty --out, overwriting files of the same names",
+    )
     export.add_argument(
         "--kind",
         choices=KINDS,
@@ -176,12 +190,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     logging.getLogger("autoprune").setLevel(logging.WARNING if args.quiet else logging.INFO)
+    for library in ("huggingface_hub", "datasets"):  # they print through their own handlers;
+        logging.getLogger(library).propagate = False  # through the root too, lines came twice
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from autoprune.search.spec import StudyError
+    from autoprune.workflow import SearchStopped
 
     try:
         args.handler(args)
-    except (StudyError, ValueError, FileNotFoundError) as error:
+    except AutopruneError as error:
         print(f"autoprune: error: {error}", file=sys.stderr)
         return 2
+    except SearchStopped as stop:
+        print(
+            f"autoprune: search stopped (Ctrl-C); finished trials are kept. "
+            f"Resume with: autoprune search {stop.run}",
+            file=sys.stderr,
+        )
+        return 130
+    except KeyboardInterrupt:
+        print("autoprune: stopped (Ctrl-C)", file=sys.stderr)
+        return 130
     return 0

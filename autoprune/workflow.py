@@ -23,6 +23,18 @@ from autoprune.run.session import Session, open_session
 from autoprune.search.spec import StudyError, load_study
 
 
+class SearchStopped(KeyboardInterrupt):
+    """The user stopped the work (Ctrl-C); what ran is recorded and ``run`` resumes it.
+
+    Attributes:
+        run: The run directory: ``autoprune search RUN`` resumes the search.
+    """
+
+    def __init__(self, run: Path) -> None:
+        super().__init__(f"the search in {run} was stopped")
+        self.run = run
+
+
 @contextmanager
 def opened_run(
     study: str | Path, out: str | Path | None = None, overrides: dict[str, Any] | None = None
@@ -32,6 +44,7 @@ def opened_run(
     ``overrides`` set dotted keys of the study (``{"budget.trials": 40}``). Without ``out``
     a study file's run directory is ``runs/<study name>``. The directory is locked and the
     ``autoprune`` log is also written to ``RUN/logs/search.log`` while the block runs.
+    Ctrl-C inside the block raises :class:`SearchStopped` naming the run directory.
     """
     path = Path(study)
     if path.is_dir():
@@ -49,6 +62,8 @@ def opened_run(
             session.search.recover_interrupted()
             session.baseline.recover_interrupted()
             yield session
+        except KeyboardInterrupt:
+            raise SearchStopped(run.path) from None
         finally:
             logging.getLogger("autoprune").removeHandler(handler)
 

@@ -186,3 +186,75 @@ def search_study(run: Path):
     spec = run_dir.load_spec()
     storage = open_storage(run_dir.storage_url(spec))
     return optuna.load_study(study_name=study_name(spec, SEARCH), storage=storage)
+WORDS = [f"w{i}" for i in range(60)]
+
+
+def tiny_model_dir(directory: Path) -> Path:
+    """A tiny BERT encoder (no classifier head) and a word-level tokenizer, saved as a model
+    directory: what a study's ``model.source`` names, loaded in well under a second."""
+    from transformers import BertModel, BertTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = directory / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(directory)
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=len(WORDS) + 5,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=48,
+        max_position_embeddings=32,
+    )
+    BertModel(config).save_pretrained(directory)
+    return directory
+
+
+def tiny_study(directory: Path, **sections: object) -> Path:
+    """A study on the tiny model and a tiny two-label CSV task (80 train, 20 test rows) that
+    prepares and runs two trials in seconds; ``sections`` replace top-level keys."""
+    import random
+
+    rng = random.Random(0)
+    model = tiny_model_dir(directory / "model")
+    for name, rows in (("train", 80), ("test", 20)):
+        lines = ["sentence,label"]
+        for _ in range(rows):
+            label = rng.choice(["neg", "pos"])
+            words = rng.sample(WORDS[:30] if label == "neg" else WORDS[30:], 6)
+            lines.append(f"{' '.join(words)},{label}")
+        (directory / f"{name}.csv").write_text("\n".join(lines) + "\n")
+    study = {
+        "name": "tiny",
+        "model": {"source": str(model)},
+        "data": {
+            "train": str(directory / "train.csv"),
+            "test": str(directory / "test.csv"),
+            "text": ["sentence"],
+            "search_samples": 20,
+        },
+        "max_length": 12,
+        "finetune": {"steps": 2, "batch_size": 8},
+        "importance": {"samples": 8, "batch_size": 8},
+        "search_space": str(REPO / "search_spaces" / "heads_ffn.yaml"),
+        "budget": {"trials": 2},
+        "retrain": {"steps": 2, "batch_size": 8},
+        "baseline": {"ratios": []},
+        "device": "cpu",
+        **sections,
+    }
+    path = directory / "tiny.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished two-trial search of :func:`tiny_study`; copy it before changing it."""
+    from autoprune import cli
+
+    study = tiny_study(tmp_path_factory.mktemp("tiny"))
+    out = study.parent / "run"
+    assert cli.main(["-q", "search", str(study), "--out", str(out)]) == 0
+    return out

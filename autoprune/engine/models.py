@@ -14,11 +14,17 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from autoprune.errors import AutopruneError
+
 PACKAGE_PREFIX = "package:"
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(AutopruneError, FileNotFoundError):
     """The model source is neither a directory, nor a package, nor reachable on the hub."""
+
+
+class LabelCountError(AutopruneError, ValueError):
+    """The checkpoint's trained classifier has another number of labels than asked for."""
 
 
 def resolve_source(source: str) -> str:
@@ -48,41 +54,55 @@ def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or source.count("/") > 1 or "\\" in source
 
 
+def locate(source: str | Path) -> str:
+    """Where ``source`` is: an existing directory or a hub id (not checked: that needs the
+    network). Cheap: nothing is loaded.
+
+    Raises:
+        ModelNotFoundError: ``source`` names a path that is not a directory, or a package
+            that is missing or ships no model.
+    """
+    location = resolve_source(str(source))
+    path = Path(location).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.exists() or _looks_like_path(location):
+        raise ModelNotFoundError(f"model directory not found: {location}")
+    return location
+
+
 def load_tokenizer(source: str | Path) -> PreTrainedTokenizerBase:
     """The tokenizer of the model at ``source`` (a directory, a hub id or ``package:NAME``)."""
-    location = resolve_source(str(source))
+    location = locate(source)
     try:
-        return AutoTokenizer.from_pretrained(str(Path(location).expanduser()))
+        return AutoTokenizer.from_pretrained(location)
     except OSError as error:
         raise ModelNotFoundError(f"could not load the tokenizer of {location!r}: {error}") from None
 
 
 def load_model(
-    source: str | Path, num_labels: int | None = None, seed: int = 0
+    source: str | Path, num_labels: int | None = None, seed: int | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load ``(model, tokenizer)`` of a sequence classifier from a directory, a hub id or
     ``package:NAME``.
 
     A directory written by :func:`autoprune.save_pruned` is loaded as a pruned model.
-    A classifier head the checkpoint lacks is freshly initialized with ``num_labels`` labels
-    from ``seed``: the same arguments always give the same model.
+    A classifier head the checkpoint lacks is freshly initialized with ``num_labels`` labels;
+    with a ``seed``, that initialization is the same on every load (torch's global random
+    state is left as it was).
     """
-    location = resolve_source(str(source))
-    path = Path(location).expanduser()
-    if path.is_dir():
+    location = locate(source)
+    if Path(location).is_dir():
         from autoprune.engine.serialize import is_pruned_dir, load_pruned
 
-        if is_pruned_dir(path):
-            model, tokenizer = load_pruned(path)
+        if is_pruned_dir(Path(location)):
+            model, tokenizer = load_pruned(Path(location))
             if tokenizer is None:
-                raise ModelNotFoundError(f"{path} holds a pruned model but no tokenizer")
+                raise ModelNotFoundError(f"{location} holds a pruned model but no tokenizer")
             return model, tokenizer
-        location = str(path)
-    elif path.exists() or _looks_like_path(location):
-        raise ModelNotFoundError(f"model directory not found: {location}")
     kwargs = {} if num_labels is None else {"num_labels": num_labels}
     try:
-        AutoConfig.from_pretrained(location)
+        config = AutoConfig.from_pretrained(location)
     except OSError as error:
         raise ModelNotFoundError(
             f"could not load model {location!r}: not a local directory, and the Hugging Face "
@@ -90,8 +110,18 @@ def load_model(
             f"download it where there is network (huggingface-cli download {location} "
             f"--local-dir DIR) and pass DIR instead."
         ) from None
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = AutoModelForSequenceClassification.from_pretrained(location, **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(location, **kwargs)
+        except RuntimeError as error:
+            if "ignore_mismatched_sizes" not in str(error):
+                raise
+            raise LabelCountError(
+                f"model {location}: its classifier is trained for {config.num_labels} labels, "
+                f"not {num_labels}; give a checkpoint without a classifier head (a fresh one "
+                f"is made) or one for {num_labels} labels"
+            ) from None
     tokenizer = AutoTokenizer.from_pretrained(location)
     return model, tokenizer

@@ -22,9 +22,10 @@ from transformers import PreTrainedModel
 from autoprune.engine.arch import Architecture, describe, family_of
 from autoprune.engine.scores import Scores
 from autoprune.engine.sparsity import MaskedLinear, lowest_scored_masks
+from autoprune.errors import AutopruneError
 
 
-class PruneConfigError(ValueError):
+class PruneConfigError(AutopruneError, ValueError):
     """A PruneConfig that is malformed or does not fit the model."""
 
 

@@ -3,9 +3,10 @@
 How the exported model's metric is guaranteed to match the trial's record: the search keeps
 the retrained weights of every trial on the front (``RUN/checkpoints/``), and export loads
 exactly those weights and measures them again on both splits. A trial whose checkpoint was
-not kept (one off the front, chosen with ``--trial``) is re-run from its configuration with
-the study's seeded recipe; export then prints both numbers, which agree on the machine and
-thread count the trial ran with and may differ slightly elsewhere.
+not kept (one off the front, chosen with ``--trial``, or one whose checkpoint could not be
+written) is re-run from its configuration with the study's seeded recipe; export then prints
+both numbers, which agree on the machine and thread count the trial ran with and may differ
+slightly elsewhere.
 """
 
 from __future__ import annotations
@@ -20,12 +21,17 @@ import pandas as pd
 from autoprune.engine.measure import measure
 from autoprune.engine.prune import PruneConfig
 from autoprune.engine.serialize import load_pruned, save_pruned
+from autoprune.errors import AutopruneError
 from autoprune.reports.results import Run, load_run
 from autoprune.run.ledger import Kind
 from autoprune.run.session import open_run
 from autoprune.run.trial import run_trial
 
 log = logging.getLogger("autoprune")
+
+
+class ExportError(AutopruneError, ValueError):
+    """No trial fits the choice, or the destination cannot be written; the message says why."""
 
 
 @dataclass
@@ -49,23 +55,23 @@ def choose_trial(
     """The trial to export: by number, the best front point within ``max_size``, or the
     smallest front point reaching ``min_metric``; both chosen on the search split."""
     if sum(x is not None for x in (trial, max_size, min_metric)) != 1:
-        raise ValueError("give exactly one of --trial, --max-size, --min-metric")
+        raise ExportError("give exactly one of --trial, --max-size, --min-metric")
     if trial is not None:
         rows = run.complete(kind)
         match = rows[rows["trial"] == trial]
         if match.empty:
-            raise ValueError(
+            raise ExportError(
                 f"{run.path}: no complete {kind} trial {trial}; complete trials: "
                 f"{sorted(rows['trial'].tolist())}"
             )
         return match.iloc[0]
     front = run.front(kind)
     if front.empty:
-        raise ValueError(f"{run.path}: no complete {kind} trial to export yet")
+        raise ExportError(f"{run.path}: no complete {kind} trial to export yet")
     if max_size is not None:
         best = run.best_under(max_size, kind)
         if best is None:
-            raise ValueError(
+            raise ExportError(
                 f"--max-size {max_size}: no front trial is that small; the smallest has size "
                 f"{front['size'].min():.3f} ({run.size_unit})"
             )
@@ -74,7 +80,7 @@ def choose_trial(
     reaching = front[search >= min_metric if run.higher_is_better else search <= min_metric]
     if reaching.empty:
         best = search.max() if run.higher_is_better else search.min()
-        raise ValueError(
+        raise ExportError(
             f"--min-metric {min_metric}: no front trial reaches it on the search split; the "
             f"best reaches {best:.4f} ({run.metric})"
         )
@@ -109,6 +115,21 @@ def _model_card(run: Run, row: pd.Series, measured: dict[str, float], size: dict
     )
 
 
+def check_destination(out: Path, force: bool) -> None:
+    """Refuse, before any work, an ``out`` that is a file, or a non-empty directory unless
+    ``force`` (then files of the same names are overwritten, others are left)."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out}: exists and is not a directory; give a directory")
+    if out.is_dir() and not force:
+        held = sorted(p.name for p in out.iterdir())
+        if held:
+            shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
+            raise ExportError(
+                f"--out {out}: the directory is not empty ({shown}); choose a new or empty "
+                f"directory, or pass --force to overwrite files of the same names"
+            )
+
+
 def export(
     run_dir: str | Path,
     out: str | Path,
@@ -116,12 +137,16 @@ def export(
     max_size: float | None = None,
     min_metric: float | None = None,
     kind: Kind = "search",
+    force: bool = False,
 ) -> Exported:
     """Write ``prune_config.json``, the pruned model and ``README.md`` for a chosen trial.
 
-    The model is measured again on both splits; recorded and measured metrics are returned
-    (and logged) side by side.
+    ``out`` must be new or empty unless ``force``; that is checked before any work. The model
+    is measured again on both splits; recorded and measured metrics are returned (and logged)
+    side by side.
     """
+    out = Path(out)
+    check_destination(out, force)
     run = load_run(run_dir)
     row = choose_trial(run, trial, max_size, min_metric, kind)
     number = int(row["trial"])
@@ -131,7 +156,15 @@ def export(
     if checkpoint.is_dir():
         model, _ = load_pruned(checkpoint)
     else:
-        log.info("trial %d kept no checkpoint (not on the front): re-running it", number)
+        if isinstance(row["checkpoint_error"], str):
+            log.warning(
+                "trial %d is on the front, but its checkpoint could not be written during the "
+                "search (%s): re-running it from its configuration",
+                number,
+                row["checkpoint_error"],
+            )
+        else:
+            log.info("trial %d kept no checkpoint (not on the front): re-running it", number)
         _, model = run_trial(session.prepared, config, session.settings)
     task, data = session.prepared.task, session.prepared.data
     measured = {
@@ -142,7 +175,6 @@ def export(
         "metric_search": float(row["metric_search"]),
         "metric_test": float(row["metric_test"]),
     }
-    out = Path(out)
     save_pruned(model, out, session.prepared.tokenizer)
     config.save(out / "prune_config.json")
     size = measure(model, run.spec.max_length).to_dict()

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import plotly.graph_objects as go
+from matplotlib.figure import Figure
+from plotly.subplots import make_subplots
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import plotly.graph_objects as go  # noqa: E402
-from plotly.subplots import make_subplots  # noqa: E402
-
-from autoprune.reports.results import Run  # noqa: E402
-from autoprune.run.ledger import Kind  # noqa: E402
+from autoprune.reports.results import Run
+from autoprune.run.ledger import Kind
 
 STYLES: dict[Kind, tuple[str, str, str]] = {  # kind -> (label, colour, marker)
     "search": ("searched", "#1f77b4", "o"),
@@ -26,8 +23,13 @@ STYLES: dict[Kind, tuple[str, str, str]] = {  # kind -> (label, colour, marker)
 
 
 def plot_png(run: Run, path: Path) -> Path:
-    """Write the matplotlib picture of ``run`` to ``path``."""
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    """Write the matplotlib picture of ``run`` to ``path``.
+
+    The figure is drawn without pyplot, so matplotlib's global backend and figure list are
+    left as the caller has them.
+    """
+    figure = Figure(figsize=(12, 4.8))
+    axes = figure.subplots(1, 2, sharey=True)
     for axis, split in zip(axes, ("search", "test"), strict=True):
         for kind, (label, colour, marker) in STYLES.items():
             trials = run.complete(kind)
@@ -63,7 +65,6 @@ def plot_png(run: Run, path: Path) -> Path:
     figure.suptitle(f"{run.spec.name}: {run.spec.controller.name} controller")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-    plt.close(figure)
     return path
 
 

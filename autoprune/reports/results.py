@@ -16,12 +16,12 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from autoprune.engine.measure import SizeUnit
-from autoprune.run.ledger import KIND, Kind, status_of
+from autoprune.run.ledger import KIND, Kind, checkpoint_error, status_of
 from autoprune.run.prepare import DenseRecord
-from autoprune.run.rundir import BASELINE, SEARCH, RunDir, open_storage, study_name
+from autoprune.run.rundir import BASELINE, SEARCH, RunDir, study_name
 from autoprune.run.trial import SIZE_UNITS
 from autoprune.search.pareto import hypervolume, nondominated
-from autoprune.search.spec import StudySpec
+from autoprune.search.spec import StudyError, StudySpec
 
 Split = Literal["search", "test"]
 TableFormat = Literal["table", "csv", "json"]
@@ -108,12 +108,14 @@ COLUMNS = [
     "retrain_steps",
     "seconds",
     "failure",
+    "checkpoint_error",
 ]
 
 
 def _rows(study: optuna.Study, which: str, size_unit: SizeUnit) -> list[dict[str, Any]]:
     """One row per trial of ``study`` (``which`` is ``search`` or ``baseline``)."""
     rows = []
+    study_attrs = study.user_attrs
     for trial in study.get_trials(deepcopy=False):
         attrs = trial.user_attrs
         config = attrs.get("config") or {}
@@ -139,6 +141,7 @@ def _rows(study: optuna.Study, which: str, size_unit: SizeUnit) -> list[dict[str
                 "retrain_steps": attrs.get("retrain_steps"),
                 "seconds": (attrs.get("seconds") or {}).get("total"),
                 "failure": attrs.get("failure"),
+                "checkpoint_error": checkpoint_error(study_attrs, trial.number),
             }
         )
     return rows
@@ -148,11 +151,11 @@ def load_run(path: str | Path) -> Run:
     """Read a run directory: its study, every trial of it, the dense model's record."""
     run = RunDir(Path(path))
     spec = run.load_spec()
-    storage = open_storage(run.storage_url(spec))
+    storage = run.open_storage(spec, create=False)
     search = optuna.load_study(study_name=study_name(spec, SEARCH), storage=storage)
     baseline = optuna.load_study(study_name=study_name(spec, BASELINE), storage=storage)
     if "dense" not in search.user_attrs:
-        raise FileNotFoundError(f"{run.path}: the search has not prepared its dense model yet")
+        raise StudyError(f"{run.path}: the search has not prepared its dense model yet")
     rows = _rows(search, SEARCH, spec.objectives.size) + _rows(
         baseline, BASELINE, spec.objectives.size
     )

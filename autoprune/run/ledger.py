@@ -39,7 +39,6 @@ KIND = "kind"
 STAGE = "stage"
 FIDELITY = "fidelity"
 FAILURE = "failure"
-CHECKPOINT_ERROR = "checkpoint_error"
 RUNGS = "rung_points"  # {step: [search metric, size]} as early stopping saw them
 # Statuses of trials that spent the budget: they ran (to the end, to a rung, or to an error).
 SPENT: tuple[Status, ...] = ("complete", "stopped", "failed")
@@ -53,6 +52,17 @@ def status_of(trial: FrozenTrial) -> Status | None:
     if status is None and trial.state == TrialState.FAIL:
         return "failed"  # failed before any attribute was written (a dead worker)
     return status
+
+
+def _checkpoint_error_key(number: int) -> str:
+    return f"checkpoint_error_{number}"
+
+
+def checkpoint_error(study_attrs: dict[str, Any], number: int) -> str | None:
+    """Why trial ``number``'s checkpoint could not be written, or None; ``study_attrs`` are
+    the study's user attributes (read them once for many trials)."""
+    reason: str | None = study_attrs.get(_checkpoint_error_key(number))
+    return reason
 
 
 def count_spent(study: optuna.Study) -> int:
@@ -195,20 +205,19 @@ class Ledger:
         the checkpoints of ``kind`` that the front no longer holds.
 
         A checkpoint that cannot be written (a full disk, say) leaves no partial directory:
-        the trial stays recorded, with the reason under ``checkpoint_error``, and export
-        re-runs it from its configuration.
+        the trial stays recorded, the reason is noted (:func:`checkpoint_error` reads it), and
+        export re-runs the trial from its configuration.
         """
         front = {t.number for t in self.front(kind)}
         if number in front:
             try:
                 write_atomically(self.run.checkpoint(kind, number), write)
             except OSError as error:
-                partial = self.run.checkpoint(kind, number)
-                shutil.rmtree(partial.with_name(partial.name + ".partial"), ignore_errors=True)
                 reason = f"{type(error).__name__}: {error}"
-                self._set(number, {CHECKPOINT_ERROR: reason})
+                # A finished trial's attributes cannot change: the note is the study's.
+                self.study.set_user_attr(_checkpoint_error_key(number), reason)
                 log.warning(
-                    "%s trial %d: its checkpoint could not be written (%s); the trial is "
+                    "%s trial %d: its checkpoint could not be written: %s; the trial is "
                     "recorded, and export will re-run it from its configuration",
                     self.name,
                     number,

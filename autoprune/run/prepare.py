@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +24,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from autoprune.engine.importance import importance
 from autoprune.engine.measure import Size, measure
-from autoprune.engine.models import load_tokenizer
+from autoprune.engine.models import load_tokenizer, locate
 from autoprune.engine.scores import Scores
 from autoprune.engine.serialize import load_pruned, save_pruned
 from autoprune.run.rundir import write_atomically
 from autoprune.search.spec import StudyError, StudySpec
 from autoprune.tasks import Task, make_task
 from autoprune.tasks.base import Batch
-from autoprune.tasks.data import Encoded, TaskData, load_task
+from autoprune.tasks.data import DataNotFoundError, Encoded, TaskData, load_task
 from autoprune.tasks.train import Recipe, train
 
 log = logging.getLogger("autoprune")
@@ -105,30 +106,61 @@ def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def check_inputs(spec: StudySpec, directory: Path) -> None:
+    """Check, in seconds, what preparing ``directory`` will read and has not cached yet,
+    before minutes are spent: local data files exist, and a local or packaged model source
+    is there (a hub id is not checked: that needs the network).
+
+    Raises:
+        DataNotFoundError, ModelNotFoundError: naming the key and the path.
+    """
+    if (directory / "fingerprint.json").is_file():
+        return  # prepared: the sources are not read again
+    for key, path in (("data.train", spec.data.train), ("data.test", spec.data.test)):
+        if path is not None and not path.is_file():
+            raise DataNotFoundError(f"{key}: data file not found: {path}")
+    locate(spec.model.source)
+
+
 def _check_fingerprint(directory: Path, spec: StudySpec) -> None:
-    """Refuse a run directory prepared with other settings; name the keys that changed."""
-    path = directory / "fingerprint.json"
+    """Refuse a run directory prepared with other settings; name the keys that changed.
+
+    ``fingerprint.json`` is written by :func:`_seal` once preparation has succeeded, so a
+    start that failed (a bad model or data path) does not bind the run to its study. While
+    preparing, ``fingerprint.pending.json`` names the study of the pieces cached so far: a
+    restart with the same study reuses them, one with another study discards them.
+    """
     current = _flatten(spec.prepared_fingerprint())
-    if not path.is_file():
-        directory.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(current, indent=2))
+    path = directory / "fingerprint.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        changed = sorted(k for k in current.keys() | saved.keys() if current.get(k) != saved.get(k))
+        if changed:
+            raise StudyError(
+                f"{directory.parent} was prepared with a different study: {', '.join(changed)} "
+                f"changed. Start a new run directory (--out) to use the new settings."
+            )
         return
-    saved = json.loads(path.read_text())
-    changed = sorted(k for k in current.keys() | saved.keys() if current.get(k) != saved.get(k))
-    if changed:
-        raise StudyError(
-            f"{directory.parent} was prepared with a different study: {', '.join(changed)} "
-            f"changed. Start a new run directory (--out) to use the new settings."
-        )
+    pending = directory / "fingerprint.pending.json"
+    if pending.is_file() and json.loads(pending.read_text()) != current:
+        log.info("discarding the unfinished preparation of another study in %s", directory)
+        shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_atomically(pending, lambda partial: partial.write_text(json.dumps(current, indent=2)))
+
+
+def _seal(directory: Path) -> None:
+    """Mark the preparation in ``directory`` finished (see :func:`_check_fingerprint`)."""
+    pending = directory / "fingerprint.pending.json"
+    if pending.is_file():
+        pending.replace(directory / "fingerprint.json")
 
 
 def _cached_tensor(path: Path, compute: Any) -> torch.Tensor:
     if path.is_file():
         return load_file(str(path))["tensor"]
     tensor = compute()
-    partial = path.with_name(path.name + ".partial")
-    save_file({"tensor": tensor.contiguous()}, str(partial))
-    partial.rename(path)
+    write_atomically(path, lambda partial: save_file({"tensor": tensor.contiguous()}, str(partial)))
     return tensor
 
 
@@ -216,9 +248,7 @@ def prepare(spec: StudySpec, directory: Path, device: torch.device) -> Prepared:
             imp.method,
             loss=lambda m, batch: task.loss(m, batch, reduction="sum"),
         )
-        partial = scores_file.with_name(scores_file.name + ".partial")
-        scores.save(partial)
-        partial.rename(scores_file)
+        write_atomically(scores_file, scores.save)
 
     dense_file = directory / "dense.json"
     if dense_file.is_file():
@@ -230,8 +260,10 @@ def prepare(spec: StudySpec, directory: Path, device: torch.device) -> Prepared:
             metric_test=task.evaluate(model, data.test),
             size=measure(model, spec.max_length),
         )
-        dense_file.write_text(json.dumps(dense.to_dict(), indent=2))
+        record = json.dumps(dense.to_dict(), indent=2)
+        write_atomically(dense_file, lambda partial: partial.write_text(record))
     model.cpu()
+    _seal(directory)
     log.info(
         "prepared in %.0f s: dense %s %.4f on search, %.4f on test",
         time.perf_counter() - started,

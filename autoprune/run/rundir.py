@@ -57,11 +57,21 @@ class RunDir:
     def storage_url(self, spec: StudySpec) -> str:
         return spec.storage or f"sqlite:///{(self.path / 'optuna.db').resolve()}"
 
+    def open_storage(self, spec: StudySpec, create: bool) -> BaseStorage:
+        """The run's Optuna storage; unless ``create``, a default SQLite file must exist."""
+        if spec.storage is None and not create and not (self.path / "optuna.db").is_file():
+            raise StudyError(
+                f"{self.path} has no optuna.db: no search has started in this run directory"
+            )
+        return open_storage(self.storage_url(spec))
     def checkpoint(self, kind: str, number: int) -> Path:
         """Where trial ``number`` of ``kind`` keeps its retrained weights while on the front."""
         return self.checkpoints / f"{kind}_{number:05d}"
 
     def load_spec(self) -> StudySpec:
+        """The run's resolved study; a clear error for a missing or foreign directory."""
+        if not self.path.is_dir():
+            raise StudyError(f"run directory not found: {self.path}")
         if not self.study_file.is_file():
             raise StudyError(f"{self.path} is not a run directory: it has no study.yaml")
         return load_study(self.study_file)
@@ -69,11 +79,26 @@ class RunDir:
 
 def open_storage(url: str) -> BaseStorage:
     """An Optuna storage from an RDB URL (``sqlite:///...``, ``postgresql://...``) or
-    ``journal:PATH`` (a journal file)."""
-    if url.startswith("journal:"):
-        return JournalStorage(JournalFileBackend(url[len("journal:") :]))
-    sqlite_wait = {"connect_args": {"timeout": 60}}  # several processes may write at once
-    return RDBStorage(url, engine_kwargs=sqlite_wait if url.startswith("sqlite") else None)
+    ``journal:PATH`` (a journal file).
+
+    Raises:
+        StudyError: The URL is malformed, its driver is missing, or the storage cannot be
+            read (a corrupted SQLite file, say); the storage is left as it was.
+    """
+    try:
+        if url.startswith("journal:"):
+            return JournalStorage(JournalFileBackend(url[len("journal:") :]))
+        sqlite_wait = {"connect_args": {"timeout": 60}}  # several processes may write at once
+        storage = RDBStorage(url, engine_kwargs=sqlite_wait if url.startswith("sqlite") else None)
+        storage.get_all_studies()  # reads the tables now: a damaged file fails here
+    except Exception as error:  # SQLAlchemy and its drivers raise many kinds; all mean this
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise StudyError(
+            f"the Optuna storage {url} cannot be opened or read ({type(error).__name__}: "
+            f"{reason}); it was left untouched. Check the URL (storage / --storage), or "
+            f"restore the file from a backup"
+        ) from None
+    return storage
 
 
 def study_name(spec: StudySpec, which: str) -> str:
@@ -124,14 +149,32 @@ class RunLock:
             self._handle.close()
 
 
+def _remove(path: Path) -> None:
+    """Delete a file or a directory tree at ``path``, if there is one."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    """Have ``write(directory)`` fill a temporary sibling of ``path``, then rename it into
-    place, so that a process killed mid-write leaves no half-written ``path``."""
+    """Have ``write(partial)`` write a file or fill a directory at a temporary sibling of
+    ``path``, then rename it into place, so that a process killed mid-write leaves no
+    half-written ``path``.
+
+    If ``write`` raises, the partial file or directory is removed and the error propagates;
+    ``path`` is left as it was.
+    """
     partial = path.with_name(path.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    write(partial)
-    shutil.rmtree(path, ignore_errors=True)
-    partial.rename(path)
+    _remove(partial)
+    try:
+        write(partial)
+    except BaseException:
+        _remove(partial)
+        raise
+    if path.is_dir():
+        _remove(path)
+    partial.replace(path)
 
 
 def log_to_run(run: RunDir, name: str) -> logging.Handler:

@@ -14,8 +14,8 @@ from pathlib import Path
 from autoprune.engine.arch import describe
 from autoprune.engine.measure import SizeModel
 from autoprune.run.ledger import Kind, Ledger
-from autoprune.run.prepare import Prepared, pick_device, prepare
-from autoprune.run.rundir import BASELINE, SEARCH, RunDir, open_storage, open_study
+from autoprune.run.prepare import Prepared, check_inputs, pick_device, prepare
+from autoprune.run.rundir import BASELINE, SEARCH, RunDir, open_study
 from autoprune.run.trial import TrialSettings
 from autoprune.search.controllers import make_sampler
 from autoprune.search.space import SearchSpace, SearchSpaceSpec, load_space
@@ -82,12 +82,16 @@ def open_session(spec: StudySpec, run: RunDir, read_only: bool = False) -> Sessi
                 f"{run.path} holds study {held!r}, not {spec.name!r}; use another --out"
             )
     device = pick_device(spec.device)
+    if not read_only:  # seconds now rather than after the dense model is prepared
+        check_inputs(spec, run.prepared)
+        if not run.space_file.is_file():
+            load_space(spec.search_space)
+    storage = run.open_storage(spec, create=not read_only)
     prepared = prepare(spec, run.prepared, device)  # refuses a run prepared differently
     task = prepared.task
     space = SearchSpace(_search_space(spec, run, read_only), describe(prepared.model))
     if not read_only:
         save_study(spec, run.study_file)
-    storage = open_storage(run.storage_url(spec))
     search = open_study(spec, storage, SEARCH, task.direction)
     # A resumed search seeds its controller anew, or it would propose its first trials again.
     seed = spec.controller.seed + 1_000_003 * len(search.get_trials(deepcopy=False))

@@ -15,20 +15,19 @@ from pathlib import Path
 from typing import Literal
 
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from autoprune.engine.arch import Architecture
 from autoprune.engine.prune import PruneConfig
 from autoprune.search.spec import StudyError, format_validation_error, read_yaml
+from autoprune.sections import Section
 
 Dimension = Literal["heads", "ffn", "sparsity"]
 DIMENSIONS: tuple[Dimension, ...] = ("heads", "ffn", "sparsity")
 
 
-class DimensionSpec(BaseModel):
+class DimensionSpec(Section):
     """One searched dimension."""
-
-    model_config = ConfigDict(extra="forbid")
 
     min: float = Field(default=0.0, ge=0.0, le=1.0)
     max: float = Field(default=1.0, ge=0.0, le=1.0)
@@ -39,13 +38,18 @@ class DimensionSpec(BaseModel):
     def _ordered(self) -> DimensionSpec:
         if self.min > self.max:
             raise ValueError(f"min ({self.min}) is above max ({self.max})")
+        if self.step is not None:
+            steps = (self.max - self.min) / self.step
+            if abs(steps - round(steps)) > 1e-6:
+                raise ValueError(
+                    f"step ({self.step}) does not divide the range [{self.min}, {self.max}] "
+                    f"into whole steps ({steps:.3g}); change min, max or step"
+                )
         return self
 
 
-class SearchSpaceSpec(BaseModel):
+class SearchSpaceSpec(Section):
     """A search space file."""
-
-    model_config = ConfigDict(extra="forbid")
 
     description: str = ""
     heads: DimensionSpec | None = None
@@ -58,6 +62,12 @@ class SearchSpaceSpec(BaseModel):
             raise ValueError("name at least one dimension: heads, ffn or sparsity")
         if self.sparsity is not None and self.sparsity.max >= 1.0:
             raise ValueError("sparsity.max must be below 1")
+        named = [d for d in (self.heads, self.ffn, self.sparsity) if d is not None]
+        if all(d.min == d.max for d in named):
+            raise ValueError(
+                "every dimension has min == max: the space holds one configuration, so "
+                "every trial would be the same; widen a range"
+            )
         return self
 
 
@@ -93,6 +103,12 @@ class SearchSpace:
                 for layer in range(arch.num_layers):
                     name = f"{dimension}_{layer}"
                     self._distributions[name] = self._distribution(dimension, dim_spec, layer)
+        if all(d.low == d.high for d in self._distributions.values()):  # type: ignore[attr-defined]
+            raise StudyError(
+                "search space: on this model every parameter has a single value (the ranges "
+                "are narrower than one head or step), so every trial would be the same; "
+                "widen a range"
+            )
 
     def _units(self, dimension: Dimension) -> tuple[int, ...]:
         return self.arch.heads if dimension == "heads" else self.arch.ffn

@@ -13,31 +13,29 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from autoprune.engine.importance import Method
 from autoprune.engine.measure import SizeUnit
+from autoprune.errors import AutopruneError
 from autoprune.search.controllers import ControllerName, validate_options
+from autoprune.sections import Section
 from autoprune.tasks import TaskKind
 from autoprune.tasks.data import DataSpec
 
 BackendName = Literal["local", "ray"]
 
 
-class StudyError(ValueError):
+class StudyError(AutopruneError, ValueError):
     """A study (or search space) file that cannot be used; the message names file and key."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelSpec(_Section):
+class ModelSpec(Section):
     source: str = Field(description="a directory, a hub id, or package:NAME")
     num_labels: int | None = Field(default=None, ge=2, description="default: the task's labels")
 
 
-class FinetuneSpec(_Section):
+class FinetuneSpec(Section):
     """Dense fine-tuning, done once per run and cached (0 steps: the model is fine-tuned)."""
 
     steps: int = Field(default=300, ge=0)
@@ -47,13 +45,13 @@ class FinetuneSpec(_Section):
     seed: int = 0
 
 
-class ImportanceSpec(_Section):
+class ImportanceSpec(Section):
     method: Method = "fisher"
     samples: int = Field(default=512, ge=1, description="pool examples to score on")
     batch_size: int = Field(default=32, ge=1)
 
 
-class ControllerSpec(_Section):
+class ControllerSpec(Section):
     """The controller, its seed and its own options (validated by the controller registry)."""
 
     name: ControllerName = "tpe"
@@ -66,7 +64,7 @@ class ControllerSpec(_Section):
         return self
 
 
-class ObjectivesSpec(_Section):
+class ObjectivesSpec(Section):
     """The task metric is maximized; ``size`` (a ratio to the dense model) is minimized."""
 
     size: SizeUnit = "prunable"
@@ -81,7 +79,7 @@ class ObjectivesSpec(_Section):
         return self
 
 
-class BudgetSpec(_Section):
+class BudgetSpec(Section):
     trials: int | None = Field(default=20, ge=1)
     wall_time: float | None = Field(default=None, gt=0, description="seconds for this invocation")
 
@@ -92,7 +90,7 @@ class BudgetSpec(_Section):
         return self
 
 
-class RetrainSpec(_Section):
+class RetrainSpec(Section):
     """Brief retraining of every pruned model, distilled from the dense model (0 steps: none)."""
 
     steps: int = Field(default=100, ge=0)
@@ -104,7 +102,7 @@ class RetrainSpec(_Section):
     seed: int = 0
 
 
-class EarlyStoppingSpec(_Section):
+class EarlyStoppingSpec(Section):
     """Multi-objective successive halving during retraining (off while ``rungs`` is empty)."""
 
     rungs: list[int] = Field(default=[], description="retraining steps where trials compare")
@@ -118,7 +116,7 @@ class EarlyStoppingSpec(_Section):
         return self
 
 
-class BaselineSpec(_Section):
+class BaselineSpec(Section):
     """Uniform pruning (one ratio for heads and feed-forward in every layer), run with the study."""
 
     ratios: list[float] = Field(default=[0.25, 0.5, 0.75])
@@ -131,7 +129,7 @@ class BaselineSpec(_Section):
         return self
 
 
-class BackendSpec(_Section):
+class BackendSpec(Section):
     """Where trials run: ``local`` (this process) or ``ray`` (Ray Tune, local or a cluster)."""
 
     name: BackendName = "local"
@@ -164,7 +162,7 @@ class BackendSpec(_Section):
         return self
 
 
-class StudySpec(_Section):
+class StudySpec(Section):
     """A whole study file."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -267,12 +265,40 @@ def format_validation_error(error: ValidationError, model: type[BaseModel], sour
     return "\n".join(lines)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps
+    the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            try:
+                duplicate = key in seen
+            except TypeError:  # an unhashable key: SafeLoader reports it below
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"found the key {key!r} twice (keep one)",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        mapping: dict[Any, Any] = super().construct_mapping(node, deep)
+        return mapping
+
+
 def read_yaml(path: Path, what: str) -> dict[str, Any]:
-    """The mapping in a YAML file, with environment variables expanded."""
+    """The mapping in a YAML file, with environment variables expanded.
+
+    Read safely (no Python objects are built); a key given twice is an error.
+    """
     if not path.is_file():
         raise StudyError(f"{what} not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        with path.open() as stream:  # the stream's name puts the file in YAML's messages
+            data = yaml.load(stream, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         raise StudyError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(data, dict):

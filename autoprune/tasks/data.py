@@ -16,17 +16,26 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerBase
 
+from autoprune.errors import AutopruneError
+from autoprune.sections import Section
 from autoprune.tasks.metrics import MetricName
 
 
-class HubSource(BaseModel):
-    """A dataset on the Hugging Face hub (needs network, or a warm ``datasets`` cache)."""
+class DataError(AutopruneError, ValueError):
+    """A data file (or hub dataset) that cannot be used; the message names it and the row or
+    column at fault."""
 
-    model_config = ConfigDict(extra="forbid")
+
+class DataNotFoundError(AutopruneError, FileNotFoundError):
+    """A data file that does not exist, or a hub dataset that cannot be reached."""
+
+
+class HubSource(Section):
+    """A dataset on the Hugging Face hub (needs network, or a warm ``datasets`` cache)."""
 
     dataset: str = Field(description="hub dataset id, e.g. 'nyu-mll/glue'")
     config: str | None = Field(default=None, description="dataset configuration, e.g. 'sst2'")
@@ -34,10 +43,8 @@ class HubSource(BaseModel):
     test_split: str = "validation"
 
 
-class DataSpec(BaseModel):
+class DataSpec(Section):
     """The ``data:`` section of a study: the task's examples and its splits."""
-
-    model_config = ConfigDict(extra="forbid")
 
     train: Path | None = Field(default=None, description="local training file")
     test: Path | None = Field(default=None, description="local test file (the task's dev set)")
@@ -72,7 +79,7 @@ class DataSpec(BaseModel):
 def read_table(path: Path) -> pd.DataFrame:
     """Read a CSV, TSV, JSON (lines or records) or parquet file into a DataFrame."""
     if not path.is_file():
-        raise FileNotFoundError(f"data file not found: {path}")
+        raise DataNotFoundError(f"data file not found: {path}")
     suffix = path.suffix.lower()
     readers = {
         ".tsv": lambda: pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False),
@@ -82,13 +89,13 @@ def read_table(path: Path) -> pd.DataFrame:
         ".parquet": lambda: pd.read_parquet(path),
     }
     if suffix not in readers:
-        raise ValueError(
+        raise DataError(
             f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .json, .jsonl or .parquet"
         )
     try:
         return readers[suffix]()
     except Exception as error:  # pandas and pyarrow raise many kinds
-        raise ValueError(f"{path}: cannot be read as {suffix[1:]}: {error}") from None
+        raise DataError(f"{path}: cannot be read as {suffix[1:]}: {error}") from None
 
 
 def _load_frames(spec: DataSpec) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
@@ -103,7 +110,7 @@ def _load_frames(spec: DataSpec) -> tuple[pd.DataFrame, pd.DataFrame, str, str]:
                 for split in (hub.train_split, hub.test_split)
             }
         except Exception as error:  # the hub raises many kinds; all mean "not available"
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"could not load hub dataset {hub.dataset!r} ({hub.config}): {error}. Offline? "
                 f"Give local files with data.train and data.test instead."
             ) from None
@@ -225,9 +232,19 @@ class TaskData:
 def _check_columns(frame: pd.DataFrame, columns: list[str], source: str) -> None:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"{source}: column(s) {missing} not found; the file has {list(frame.columns)} "
             f"(set data.text and data.label in the study)"
+        )
+
+
+def _check_labels(frame: pd.DataFrame, label: str, source: str) -> None:
+    """Every row has a label: an empty cell is an error, not a class named ``''``."""
+    empty = [i + 1 for i, v in enumerate(frame[label]) if pd.isna(v) or not str(v).strip()]
+    if empty:
+        raise DataError(
+            f"{source}: column {label!r} is empty in {len(empty)} row(s), e.g. data row(s) "
+            f"{empty[:5]} (counting from 1 after the header); fill or remove them"
         )
 
 
@@ -235,7 +252,7 @@ def _label_ids(values: pd.Series, names: list[str], source: str) -> torch.Tensor
     lookup = {name: i for i, name in enumerate(names)}
     unknown = sorted({str(v) for v in values} - set(lookup))
     if unknown:
-        raise ValueError(f"{source}: label value(s) {unknown[:5]} are not among {names}")
+        raise DataError(f"{source}: label value(s) {unknown[:5]} are not among {names}")
     return torch.tensor([lookup[str(v)] for v in values], dtype=torch.long)
 
 
@@ -270,15 +287,17 @@ def load_task(spec: DataSpec, tokenizer: PreTrainedTokenizerBase, max_length: in
     train, test, train_source, test_source = _load_frames(spec)
     _check_columns(train, [*spec.text, spec.label], train_source)
     _check_columns(test, [*spec.text, spec.label], test_source)
+    _check_labels(train, spec.label, train_source)
+    _check_labels(test, spec.label, test_source)
     names = (
         [str(v) for v in spec.labels]
         if spec.labels
         else sorted({str(v) for v in train[spec.label]})
     )
     if len(names) < 2:
-        raise ValueError(f"{train_source}: column {spec.label!r} has fewer than 2 label values")
+        raise DataError(f"{train_source}: column {spec.label!r} has fewer than 2 label values")
     if len(train) <= spec.search_samples:
-        raise ValueError(
+        raise DataError(
             f"{train_source}: {len(train)} training examples cannot give a search split of "
             f"{spec.search_samples} (data.search_samples) and a training pool"
         )

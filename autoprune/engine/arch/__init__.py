@@ -14,6 +14,7 @@ from autoprune.engine.arch.distilbert import DistilBertFamily
 from autoprune.engine.arch.electra import ElectraFamily
 from autoprune.engine.arch.llama import LlamaFamily
 from autoprune.engine.arch.roberta import RobertaFamily
+from autoprune.errors import AutopruneError
 
 FAMILIES: tuple[Family, ...] = (
     BertFamily(),
@@ -24,7 +25,7 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(AutopruneError, ValueError):
     """The model's family is not one autoprune knows how to prune."""
 
 

@@ -26,12 +26,13 @@ from optuna.samplers import (
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from autoprune.errors import AutopruneError
 from autoprune.search.controllers.rl import PolicyGradientSampler
 
 ControllerName = Literal["tpe", "gp", "nsga2", "nsga3", "rl", "random"]
 
 
-class ControllerOptionsError(ValueError):
+class ControllerOptionsError(AutopruneError, ValueError):
     """``controller.options`` that the named controller does not take."""
 
 
