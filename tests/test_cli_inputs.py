@@ -168,7 +168,7 @@ def test_a_checkpoint_that_cannot_be_written_is_recorded_and_export_says_so(
     out = tmp_path / "run"
     with caplog.at_level("WARNING", logger="autoprune"):
         run_search(tiny_study(tmp_path), out, {"budget.trials": 1})
-    assert "its checkpoint could not be written: [Errno 28] No space left" in caplog.text
+    assert "its checkpoint could not be written: OSError: [Errno 28] No space left" in caplog.text
     assert not list((out / "checkpoints").iterdir())  # no checkpoint, no .partial
     run = load_run(out)
     trial = run.complete("search").iloc[0]

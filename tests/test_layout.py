@@ -15,6 +15,7 @@ PACKAGE = REPO / "autoprune"
 LAYERS = {
     "progress": 0,
     "errors": 0,
+    "sections": 0,
     "engine": 1,
     "tasks": 2,
     "search": 3,

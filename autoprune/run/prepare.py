@@ -167,11 +167,11 @@ def _cached_tensor(path: Path, compute: Any) -> torch.Tensor:
 def _teacher_targets(task: Task, model: PreTrainedModel, data: Encoded) -> torch.Tensor:
     """The task's teacher targets for every example of ``data``, in order, on the CPU."""
     device = next(model.parameters()).device
-    rows = []
-    for batch in data.batches(128):
-        on_device: Batch = {k: v.to(device) for k, v in batch.items()}
-        rows.append(task.teacher_targets(model, on_device).cpu())
-    return torch.cat(rows)
+
+    def targets(batch: Batch) -> torch.Tensor:
+        return task.teacher_targets(model, {k: v.to(device) for k, v in batch.items()})
+
+    return data.map_rows(targets)
 
 
 def prepare(spec: StudySpec, directory: Path, device: torch.device) -> Prepared:
@@ -183,30 +183,14 @@ def prepare(spec: StudySpec, directory: Path, device: torch.device) -> Prepared:
 
     data_dir = directory / "data"
     if data_dir.is_dir():
-        labels = json.loads((data_dir / "labels.json").read_text())
-        data = TaskData.load(data_dir, labels, spec.data.metric)
+        data = TaskData.load(data_dir, spec.data.metric)
     else:
         log.info("reading and tokenizing the task")
         data = load_task(spec.data, tokenizer, spec.max_length)
-
-        def write_data(partial: Path) -> None:
-            data.save(partial)
-            (partial / "labels.json").write_text(json.dumps(data.label_names))
-
-        write_atomically(data_dir, write_data)
-    log.info(
-        "data: %d search, %d test, %d pool examples; %d labels",
-        len(data.search),
-        len(data.test),
-        len(data.pool),
-        data.num_labels,
-    )
-    if spec.model.num_labels is not None and spec.model.num_labels != data.num_labels:
-        raise StudyError(
-            f"model.num_labels: {spec.model.num_labels}, but the task has {data.num_labels} "
-            f"labels ({data.label_names}); leave model.num_labels out to use the task's"
-        )
-    task = make_task(spec.task, data)
+        write_atomically(data_dir, data.save)
+    sizes = len(data.search), len(data.test), len(data.pool)
+    log.info("data: %d search, %d test, %d pool examples", *sizes)
+    task = make_task(spec.task, data, spec.model.num_labels)
 
     if dense_dir.is_dir():
         model, _ = load_pruned(dense_dir)

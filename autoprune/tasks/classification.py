@@ -83,17 +83,13 @@ def predict(model: PreTrainedModel, data: Encoded, batch_size: int = 128) -> tor
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    order = data.attention_mask.sum(dim=1).argsort()  # similar lengths batch together
-    outputs = []
+
+    def logits(batch: Batch) -> torch.Tensor:
+        inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
+        return model(**inputs).logits.float()  # (batch, labels)
+
     try:
         with torch.inference_mode():
-            for batch in data.subset(order).batches(batch_size):
-                inputs = {k: v.to(device) for k, v in model_inputs(batch).items()}
-                outputs.append(model(**inputs).logits.float().cpu())
+            return data.map_rows(logits, batch_size)
     finally:
         model.train(was_training)
-    if not outputs:
-        return torch.empty(0, 0)
-    logits = torch.empty(len(data), outputs[0].shape[-1])
-    logits[order] = torch.cat(outputs)
-    return logits

@@ -10,7 +10,8 @@ and retraining draw from.
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -148,6 +149,20 @@ class Encoded:
             }
         )
 
+    def map_rows(
+        self, fn: Callable[[dict[str, torch.Tensor]], torch.Tensor], batch_size: int = 128
+    ) -> torch.Tensor:
+        """``fn`` applied to batches of similar lengths (less padding, faster), its rows put
+        back in the examples' order: one row per example, on the CPU."""
+        order = self.attention_mask.sum(dim=1).argsort()
+        outputs = [fn(batch).cpu() for batch in self.subset(order).batches(batch_size)]
+        if not outputs:
+            return torch.empty(0, 0)
+        rows = torch.cat(outputs)
+        result = torch.empty_like(rows)
+        result[order] = rows
+        return result
+
     def batches(
         self,
         batch_size: int,
@@ -216,16 +231,19 @@ class TaskData:
         return len(self.label_names)
 
     def save(self, directory: Path) -> None:
-        """Write the three splits to ``directory`` (the labels and metric live in the study)."""
+        """Write the three splits and the label names to ``directory`` (the metric lives in
+        the study); :meth:`load` reads them back."""
         directory.mkdir(parents=True, exist_ok=True)
         for split in ("search", "test", "pool"):
             getattr(self, split).save(directory / f"{split}.safetensors")
+        (directory / "labels.json").write_text(json.dumps(self.label_names))
 
     @classmethod
-    def load(cls, directory: Path, label_names: list[str], metric: MetricName) -> TaskData:
+    def load(cls, directory: Path, metric: MetricName) -> TaskData:
         splits = {
             s: Encoded.load(directory / f"{s}.safetensors") for s in ("search", "test", "pool")
         }
+        label_names = json.loads((directory / "labels.json").read_text())
         return cls(**splits, label_names=label_names, metric=metric)
 
 

@@ -1,0 +1,43 @@
+"""Baselines trained into a run: each kind keeps its own front's checkpoints, `baseline`
+prints the front of every kind it trained, and export loads a baseline's saved weights."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from autoprune import cli
+from autoprune.reports.results import load_run
+
+
+def test_each_baseline_kind_keeps_and_exports_its_own_front(
+    tiny_run: Path, tmp_path: Path, capsys
+) -> None:
+    run_dir = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    command = ["-q", "baseline", str(run_dir), "--ratios", "0.5"]
+    grid = ["--heads-ratios", "0.25,0.75", "--ffn-ratios", "0.5"]
+    assert cli.main(command + grid) == 0
+    printed = capsys.readouterr().out
+    assert "uniform front" in printed and "layer-uniform front" in printed
+    run = load_run(run_dir)
+    assert len(run.complete("uniform")) == 1 and len(run.complete("layer-uniform")) == 2
+    for kind in ("uniform", "layer-uniform"):
+        kept = {int(p.name.rsplit("_", 1)[1]) for p in run_dir.glob(f"checkpoints/{kind}_*")}
+        assert kept == set(run.front(kind)["trial"]), kind
+    number = int(run.front("layer-uniform")["trial"].iloc[0])
+    out = tmp_path / "exported"
+    export = ["export", str(run_dir), "--kind", "layer-uniform", "--trial", str(number)]
+    assert cli.main(export + ["--out", str(out)]) == 0
+    assert f"exported trial {number} from its kept checkpoint" in capsys.readouterr().out
+
+
+def test_stage_and_fidelity_are_on_every_record(tiny_run: Path, capsys) -> None:
+    import json
+
+    run = load_run(tiny_run)
+    search = run.trials[run.trials["study"] == "search"]
+    assert set(search["stage"]) == {"retrain"}
+    assert set(search["fidelity"]) == {float(run.spec.retrain.steps)}
+    assert cli.main(["pareto", str(tiny_run), "--format", "json"]) == 0
+    front = json.loads(capsys.readouterr().out)["front"]
+    assert front and all(p["stage"] == "retrain" for p in front)
