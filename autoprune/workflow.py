@@ -49,6 +49,11 @@ def opened_run(
     path = Path(study)
     if path.is_dir():
         run = RunDir(path)
+        if out is not None and Path(out).resolve() != path.resolve():
+            raise StudyError(
+                f"--out {out}: {path} is a run directory, which resumes where it is; "
+                f"leave --out out, or give a study file to start a new run in {out}"
+            )
         if not run.study_file.is_file():
             raise StudyError(f"{path} is not a run directory: it has no study.yaml")
         spec = load_study(run.study_file, overrides)

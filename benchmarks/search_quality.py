@@ -79,9 +79,7 @@ def controller_run(
 def baseline_run(root: Path, task: str, mode: str, seed: int, overrides: dict[str, Any]) -> Run:
     out = run_dir_sharing(root / task / mode / f"baselines-s{seed}", root / task / "prepared")
     overrides = {**overrides, "retrain.seed": seed, "budget.trials": 1}
-    run_baselines(
-        STUDIES[task], out, overrides, uniform=UNIFORM, head_ratios=GRID, ffn_ratios=GRID
-    )
+    run_baselines(STUDIES[task], out, overrides, uniform=UNIFORM, head_ratios=GRID, ffn_ratios=GRID)
     return load_run(out)
 
 

@@ -186,6 +186,8 @@ def search_study(run: Path):
     spec = run_dir.load_spec()
     storage = open_storage(run_dir.storage_url(spec))
     return optuna.load_study(study_name=study_name(spec, SEARCH), storage=storage)
+
+
 WORDS = [f"w{i}" for i in range(60)]
 
 

@@ -225,9 +225,7 @@ def test_a_killed_driver_resumes_without_losing_or_repeating_trials(
         time.sleep(1)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
-    before = {
-        t.number: t.values for t in search_study(out).trials if t.state.name == "COMPLETE"
-    }
+    before = {t.number: t.values for t in search_study(out).trials if t.state.name == "COMPLETE"}
     assert before, "the driver was killed before any trial finished"
     finish(search(study, out, cluster.address))
     optuna_study = search_study(out)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -121,15 +122,12 @@ class StudySearcher(_LightPickle, Searcher):
         self._proposer = Proposer(
             session.search, session.space, session.sizes, session.spec.objectives, session.settings
         )
-        self._settings = session.settings
         self._numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
-        self._configs: dict[str, PruneConfig] = {}
         self._completed: set[str] = set()
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         trial, config = self._proposer.propose()
         self._numbers[trial_id] = trial.number
-        self._configs[trial_id] = config
         return {"prune": config.to_dict(), "number": trial.number}
 
     def on_trial_complete(
@@ -138,20 +136,16 @@ class StudySearcher(_LightPickle, Searcher):
         if trial_id in self._completed or trial_id not in self._numbers:
             return
         self._completed.add(trial_id)
-        number, config = self._numbers[trial_id], self._configs[trial_id]
+        number = self._numbers[trial_id]
         if error or not result:
             reason = "the trial's Ray worker died, retries exhausted (backend.max_retries)"
-            self._ledger.record_not_run(
-                number, "failed", reason, "search", config=config, settings=self._settings
-            )
+            self._ledger.record_not_run(number, "failed", reason)
         elif "outcome" in result:  # complete, or stopped by the scheduler at a rung
             outcome = TrialOutcome.from_dict(json.loads(result["outcome"]))
             self._ledger.record_outcome(number, outcome, "search")
         else:
             reason = result.get("failure", "unknown")
-            self._ledger.record_not_run(
-                number, "failed", reason, "search", config=config, settings=self._settings
-            )
+            self._ledger.record_not_run(number, "failed", reason)
 
     def save(self, checkpoint_path: str) -> None:
         Path(checkpoint_path).write_text(json.dumps({"study": self._ledger.study.study_name}))
@@ -255,6 +249,9 @@ def run_trials(session: Session) -> None:
             cpus,
             backend.gpus_per_trial,
         )
+        # Tune's own SIGINT handler would end fit() quietly: let Ctrl-C reach the caller,
+        # which reports how to resume, as the local backend does.
+        os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
         tuner.fit()
         # A wall-time budget ends trials without telling the searcher: not lost, interrupted.
         session.search.recover_interrupted()

@@ -125,6 +125,12 @@ class LayerGroups:
         A layer keeping no head has lost its attention block's projections.
         """
         found = {s.path: _find(layer, s.path) for unit in UNITS for s in self.slices(unit)}
+        for path, module in found.items():
+            if module is not None and not isinstance(module, nn.Linear):
+                raise TypeError(
+                    f"{path} is a {type(module).__name__}; autoprune slices nn.Linear layers "
+                    f"only (this family's layout needs a slicing rule for it)"
+                )
         return {path: module for path, module in found.items() if isinstance(module, nn.Linear)}
 
     def count(self, layer: nn.Module, unit: Unit) -> int:

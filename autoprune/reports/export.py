@@ -150,7 +150,14 @@ def export(
     run = load_run(run_dir)
     row = choose_trial(run, trial, max_size, min_metric, kind)
     number = int(row["trial"])
-    config = PruneConfig(list(row["heads"]), list(row["ffn"]), list(row["sparsity"]))
+    config = PruneConfig.from_dict(
+        {
+            key: list(row[key])
+            for key in ("heads", "ffn", "sparsity", "kv_heads")
+            if isinstance(row[key], list)
+        },
+        source=f"{run.path}: trial {number}",
+    )
     session = open_run(run.path)
     checkpoint = session.run.checkpoint(kind, number)
     if checkpoint.is_dir():
@@ -163,6 +170,8 @@ def export(
                 number,
                 row["checkpoint_error"],
             )
+        elif number in set(run.front(kind)["trial"]):
+            log.info("front trial %d kept no checkpoint (stopped while saving): re-running", number)
         else:
             log.info("trial %d kept no checkpoint (not on the front): re-running it", number)
         _, model = run_trial(session.prepared, config, session.settings)

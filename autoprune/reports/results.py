@@ -16,12 +16,13 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from autoprune.engine.measure import SizeUnit
-from autoprune.run.ledger import KIND, Kind, checkpoint_error, status_of
+from autoprune.run.ledger import KIND, KINDS, Kind, checkpoint_error, status_of
 from autoprune.run.prepare import DenseRecord
 from autoprune.run.rundir import BASELINE, SEARCH, RunDir, study_name
 from autoprune.run.trial import SIZE_UNITS
 from autoprune.search.pareto import hypervolume, nondominated
 from autoprune.search.spec import StudyError, StudySpec
+from autoprune.tasks.base import Direction, oriented
 
 Split = Literal["search", "test"]
 TableFormat = Literal["table", "csv", "json"]
@@ -37,7 +38,8 @@ class Run:
         trials: One row per trial of the search and the baseline studies.
         dense: The dense model's metrics and size.
         metric: The task's metric.
-        higher_is_better: Whether the metric goes up (accuracy) or down (perplexity).
+        direction: ``maximize`` when the metric goes up (accuracy), ``minimize`` when it goes
+            down (perplexity).
         reference: The hypervolume's reference metric (chance level, or a stated cap).
     """
 
@@ -46,12 +48,16 @@ class Run:
     trials: pd.DataFrame
     dense: DenseRecord
     metric: str
-    higher_is_better: bool
+    direction: Direction
     reference: float
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.direction == "maximize"
 
     def _score(self, metric: pd.Series) -> list[float]:
         """Metrics oriented so that higher is better, as fronts compare them."""
-        return [m if self.higher_is_better else -m for m in metric]
+        return [oriented(m, self.direction) for m in metric]
 
     @property
     def size_unit(self) -> SizeUnit:
@@ -75,8 +81,7 @@ class Run:
         against the reference (the task's reference metric, size 1.0)."""
         front = self.front(kind)
         points = list(zip(self._score(front[f"metric_{split}"]), front["size"], strict=True))
-        reference = self.reference if self.higher_is_better else -self.reference
-        return hypervolume(points, (reference, 1.0))
+        return hypervolume(points, (oriented(self.reference, self.direction), 1.0))
 
     def best_under(self, max_size: float, kind: Kind = "search") -> pd.Series | None:
         """The front trial with the best search metric at size <= ``max_size``."""
@@ -105,6 +110,7 @@ COLUMNS = [
     "heads",
     "ffn",
     "sparsity",
+    "kv_heads",
     "retrain_steps",
     "seconds",
     "failure",
@@ -138,6 +144,7 @@ def _rows(study: optuna.Study, which: str, size_unit: SizeUnit) -> list[dict[str
                 "heads": config.get("heads"),
                 "ffn": config.get("ffn"),
                 "sparsity": config.get("sparsity"),
+                "kv_heads": config.get("kv_heads"),
                 "retrain_steps": attrs.get("retrain_steps"),
                 "seconds": (attrs.get("seconds") or {}).get("total"),
                 "failure": attrs.get("failure"),
@@ -166,7 +173,7 @@ def load_run(path: str | Path) -> Run:
         trials=trials,
         dense=DenseRecord.from_dict(search.user_attrs["dense"]),
         metric=str(search.user_attrs["metric"]),
-        higher_is_better=search.user_attrs["direction"] == "maximize",
+        direction=search.user_attrs["direction"],
         reference=float(search.user_attrs["reference"]),
     )
 
@@ -205,8 +212,7 @@ def summary(run: Run) -> dict:
         "size_unit": run.size_unit,
         "reference": {"metric": run.reference, "size": 1.0},
     }
-    kinds: tuple[Kind, ...] = ("search", "uniform", "layer-uniform")
-    for kind in kinds:
+    for kind in KINDS:
         if run.complete(kind).empty:
             continue
         result[kind] = {
@@ -235,7 +241,7 @@ def render(run: Run, fmt: TableFormat = "table", kind: Kind = "search") -> str:
         "",
         f"hypervolume (reference: {run.metric} {run.reference:g}, size 1.0):",
     ]
-    for name in ("search", "uniform", "layer-uniform"):
+    for name in KINDS:
         if name in info:
             entry = info[name]
             lines.append(

@@ -29,15 +29,15 @@ def execute(
         return ledger.rung_decision(number, step, outcome.metric_search, size)
 
     use_rungs = kind == "search" and bool(settings.rungs)
+    ledger.start(number, kind, config, settings)
     try:
         outcome, model = run_trial(prepared, config, settings, on_rung if use_rungs else None)
     except KeyboardInterrupt:
-        reason = "stopped by the user"
-        ledger.record_not_run(number, "interrupted", reason, kind, config=config, settings=settings)
+        ledger.record_not_run(number, "interrupted", "stopped by the user")
         raise
     except Exception as error:  # a failing trial is recorded and the search goes on
         reason = f"{type(error).__name__}: {error}"
-        ledger.record_not_run(number, "failed", reason, kind, config=config, settings=settings)
+        ledger.record_not_run(number, "failed", reason)
         return None
     ledger.record_outcome(
         number, outcome, kind, lambda path: save_pruned(model, path, prepared.tokenizer)

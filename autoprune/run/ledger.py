@@ -30,7 +30,7 @@ from autoprune.search.pareto import nondominated
 from autoprune.search.spec import EarlyStoppingSpec
 from autoprune.tasks.base import Task
 
-Status = Literal["complete", "stopped", "failed", "outside_band", "interrupted"]
+Status = Literal["complete", "stopped", "failed", "outside_band", "invalid", "interrupted"]
 Kind = Literal["search", "uniform", "layer-uniform"]
 KINDS: tuple[Kind, ...] = ("search", "uniform", "layer-uniform")
 
@@ -39,6 +39,7 @@ KIND = "kind"
 STAGE = "stage"
 FIDELITY = "fidelity"
 FAILURE = "failure"
+CONFIG = "config"
 RUNGS = "rung_points"  # {step: [search metric, size]} as early stopping saw them
 # Statuses of trials that spent the budget: they ran (to the end, to a rung, or to an error).
 SPENT: tuple[Status, ...] = ("complete", "stopped", "failed")
@@ -111,10 +112,7 @@ class Ledger:
         return self.study.get_trials(deepcopy=False)[number]  # numbers are list positions
 
     def note(self, number: int, attrs: dict[str, Any]) -> None:
-        """Add attributes to trial ``number`` (a running one too), keeping the others."""
-        self._set(number, attrs)
-
-    def _set(self, number: int, attrs: dict[str, Any]) -> None:
+        """Add attributes to unfinished trial ``number``, keeping the others."""
         trial = optuna.trial.Trial(self.study, self._trial(number)._trial_id)
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
@@ -131,10 +129,9 @@ class Ledger:
         writes them); stopped at a rung, it is PRUNED, with no values, never on a front."""
         stopped = outcome.stopped_at is not None
         rungs = {
-            step: [metric, outcome.ratios[self.size_unit]]
-            for step, metric in outcome.rungs.items()
+            step: [metric, outcome.ratios[self.size_unit]] for step, metric in outcome.rungs.items()
         }
-        self._set(
+        self.note(
             number,
             {
                 **outcome.to_attrs(),
@@ -160,27 +157,16 @@ class Ledger:
             self.keep_checkpoint(number, kind, write_checkpoint)
         self._report(number, outcome, kind)
 
-    def record_not_run(
-        self,
-        number: int,
-        status: Status,
-        reason: str,
-        kind: Kind,
-        *,
-        config: PruneConfig,
-        settings: TrialSettings,
-    ) -> None:
-        """Record a trial that failed, fell outside the size band or was interrupted before
-        it ran to the end, with the stage and fidelity it was to be evaluated at."""
-        attrs: dict[str, Any] = {
-            KIND: kind,
-            STATUS: status,
-            FAILURE: reason,
-            STAGE: settings.stage,
-            FIDELITY: settings.fidelity,
-            "config": config.to_dict(),
-        }
-        self._set(number, attrs)
+    def start(self, number: int, kind: Kind, config: PruneConfig, settings: TrialSettings) -> None:
+        """Note what trial ``number`` is before it runs: its kind, configuration, stage and
+        fidelity, so that every record carries them, an interrupted one too."""
+        attrs = {KIND: kind, CONFIG: config.to_dict(), STAGE: settings.stage}
+        self.note(number, {**attrs, FIDELITY: settings.fidelity})
+
+    def record_not_run(self, number: int, status: Status, reason: str) -> None:
+        """Record that started trial ``number`` failed, fell outside the size band, was an
+        invalid configuration, or was interrupted before it ran to the end."""
+        self.note(number, {STATUS: status, FAILURE: reason})
         self.study.tell(number, state=TrialState.FAIL)
         if status == "failed":
             log.warning("%s trial %d failed: %s", self.name, number, reason)
@@ -191,10 +177,8 @@ class Ledger:
         that reached the rung, see :mod:`autoprune.search.early_stopping`)."""
         trial = self._trial(number)
         reached = {**trial.user_attrs.get(RUNGS, {}), str(step): [metric, size]}
-        self._set(number, {RUNGS: reached})
-        others = [
-            (self.task.score(m), s) for m, s in self.rung_points(step, exclude=number)
-        ]
+        self.note(number, {RUNGS: reached})
+        others = [(self.task.score(m), s) for m, s in self.rung_points(step, exclude=number)]
         stopping = self.early_stopping
         return should_continue(
             others, (self.task.score(metric), size), stopping.keep, stopping.min_trials
@@ -233,7 +217,7 @@ class Ledger:
         many. Interrupted trials do not count towards the budget."""
         stale = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         for trial in stale:
-            self._set(
+            self.note(
                 trial.number,
                 {STATUS: "interrupted", FAILURE: "the search driver stopped during the trial"},
             )

@@ -255,6 +255,4 @@ def prepare(spec: StudySpec, directory: Path, device: torch.device) -> Prepared:
         dense.metric_search,
         dense.metric_test,
     )
-    return Prepared(
-        task, model, tokenizer, data, retrain_data, teacher_targets, scores, dense
-    )
+    return Prepared(task, model, tokenizer, data, retrain_data, teacher_targets, scores, dense)

@@ -10,15 +10,15 @@ from __future__ import annotations
 import optuna
 
 from autoprune.engine.measure import SizeModel
-from autoprune.engine.prune import PruneConfig
+from autoprune.engine.prune import PruneConfig, PruneConfigError
 from autoprune.run.ledger import Ledger
 from autoprune.run.trial import TrialSettings
 from autoprune.search.space import SearchSpace
 from autoprune.search.spec import ObjectivesSpec, StudyError
 
-# Give up when the controller proposes this many configurations outside the size band in a
-# row: the band is reachable (checked at start) but the controller is not finding it.
-MAX_OUTSIDE_BAND_IN_A_ROW = 200
+# Give up when the controller proposes this many configurations in a row outside the size band
+# (or invalid for the model): the band is reachable (checked at start) but not being found.
+MAX_REJECTED_IN_A_ROW = 200
 
 
 class Proposer:
@@ -70,25 +70,33 @@ class Proposer:
             )
 
     def propose(self) -> tuple[optuna.trial.Trial, PruneConfig]:
-        """A new trial of the search study and its configuration, inside the band."""
+        """A new trial of the search study, started in the ledger, and its configuration,
+        which fits the model and the band.
+
+        Proposals the model cannot take (a head count that does not split over a layer's
+        key/value groups, say) are recorded as ``invalid``, those outside the band as
+        ``outside_band``; neither costs training or budget, and the controller is asked again.
+        """
         study = self.ledger.study
-        for _ in range(MAX_OUTSIDE_BAND_IN_A_ROW):
+        for _ in range(MAX_REJECTED_IN_A_ROW):
             trial = study.ask(self.distributions)
             config = self.space.to_config(trial.params)
-            ratio = self.size_ratio(config)
+            self.ledger.start(trial.number, "search", config, self.settings)
+            try:
+                ratio = self.size_ratio(config)
+            except PruneConfigError as error:
+                self.ledger.record_not_run(trial.number, "invalid", str(error))
+                continue
             if self.in_band(ratio):
                 return trial, config
             low, high = self.objectives.min_size, self.objectives.max_size
-            self.ledger.record_not_run(
-                trial.number,
-                "outside_band",
+            reason = (
                 f"size {ratio:.3f} ({self.objectives.size}) is outside the band "
-                f"[{low or 0:g}, {high if high is not None else 1:g}]",
-                "search",
-                config=config,
-                settings=self.settings,
+                f"[{low or 0:g}, {high if high is not None else 1:g}]"
             )
-        raise RuntimeError(
-            f"the controller proposed {MAX_OUTSIDE_BAND_IN_A_ROW} configurations in a row "
-            f"outside the size band; widen objectives.min_size/max_size or the search space"
+            self.ledger.record_not_run(trial.number, "outside_band", reason)
+        raise StudyError(
+            f"the controller proposed {MAX_REJECTED_IN_A_ROW} configurations in a row that are "
+            f"outside the size band or that the model cannot take; widen "
+            f"objectives.min_size/max_size or change the search space"
         )

@@ -64,6 +64,7 @@ class RunDir:
                 f"{self.path} has no optuna.db: no search has started in this run directory"
             )
         return open_storage(self.storage_url(spec))
+
     def checkpoint(self, kind: str, number: int) -> Path:
         """Where trial ``number`` of ``kind`` keeps its retrained weights while on the front."""
         return self.checkpoints / f"{kind}_{number:05d}"

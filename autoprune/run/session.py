@@ -13,7 +13,7 @@ from pathlib import Path
 
 from autoprune.engine.arch import describe
 from autoprune.engine.measure import SizeModel
-from autoprune.run.ledger import Kind, Ledger
+from autoprune.run.ledger import Ledger
 from autoprune.run.prepare import Prepared, check_inputs, pick_device, prepare
 from autoprune.run.rundir import BASELINE, SEARCH, RunDir, open_study
 from autoprune.run.trial import TrialSettings
@@ -45,10 +45,6 @@ class Session:
     sizes: SizeModel
     search: Ledger
     baseline: Ledger
-
-    def ledger(self, kind: Kind) -> Ledger:
-        """The ledger that records trials of ``kind``."""
-        return self.search if kind == "search" else self.baseline
 
 
 def _search_space(spec: StudySpec, run: RunDir, read_only: bool) -> SearchSpaceSpec:

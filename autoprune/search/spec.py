@@ -65,7 +65,8 @@ class ControllerSpec(Section):
 
 
 class ObjectivesSpec(Section):
-    """The task metric is maximized; ``size`` (a ratio to the dense model) is minimized."""
+    """The task's metric goes its own way (up for accuracy); ``size`` (a ratio to the dense
+    model) is minimized."""
 
     size: SizeUnit = "prunable"
     min_size: float | None = Field(default=None, ge=0, le=1)

@@ -27,6 +27,12 @@ Batch = Mapping[str, torch.Tensor]
 NOT_INPUTS = frozenset({"labels", "teacher"})
 
 
+def oriented(metric: float, direction: Direction) -> float:
+    """``metric`` as a score where higher is better: itself, or its negative when the metric
+    is minimized (perplexity, say)."""
+    return metric if direction == "maximize" else -metric
+
+
 def model_inputs(batch: Batch) -> dict[str, torch.Tensor]:
     """The entries of ``batch`` that the model takes as keyword arguments."""
     return {k: v for k, v in batch.items() if k not in NOT_INPUTS}
@@ -50,9 +56,7 @@ class Task(ABC):
     teacher: TeacherMode
 
     @abstractmethod
-    def load_model(
-        self, source: str, seed: int
-    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    def load_model(self, source: str, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         """The dense model to prune and its tokenizer; any new head is initialised from ``seed``."""
 
     @abstractmethod
@@ -91,10 +95,6 @@ class Task(ABC):
     def higher_is_better(self) -> bool:
         return self.direction == "maximize"
 
-    def better(self, a: float, b: float) -> bool:
-        """Whether metric ``a`` is strictly better than ``b``."""
-        return a > b if self.higher_is_better else a < b
-
     def score(self, metric: float) -> float:
         """The metric oriented so that higher is better (what fronts compare)."""
-        return metric if self.higher_is_better else -metric
+        return oriented(metric, self.direction)

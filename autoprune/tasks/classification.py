@@ -34,9 +34,7 @@ class Classification(Task):
         self.metric: MetricName = metric
         self.num_labels = num_labels
 
-    def load_model(
-        self, source: str, seed: int
-    ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    def load_model(self, source: str, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         return load_model(source, num_labels=self.num_labels, seed=seed)
 
     def loss(

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel
 
 from autoprune.progress import progress
@@ -73,7 +74,8 @@ def train(
     steps taken. The model is left in eval mode.
 
     With a ``teacher`` the loss is the task's distillation loss at ``recipe.temperature``,
-    weighted by ``recipe.distill_weight``. ``on_step(step)`` is called after every step;
+    weighted by ``recipe.distill_weight``; a teacher model is moved to the student's
+    device. ``on_step(step)`` is called after every step;
     returning False stops training there. Raises :class:`TrainingDiverged` on a NaN or
     infinite loss.
     """
@@ -95,6 +97,8 @@ def train(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     cached = teacher if isinstance(teacher, torch.Tensor) else None
+    if isinstance(teacher, nn.Module):
+        nn.Module.to(teacher, device)  # an online teacher runs where the student does
     batches = _forever(data, recipe.batch_size, recipe.seed, cached)
     step = 0
     model.train()

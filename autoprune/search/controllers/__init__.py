@@ -128,21 +128,19 @@ class Controller:
         options: The pydantic model of ``controller.options`` for this controller.
         build: ``build(options, seed, budget)``, a seeded sampler; ``budget`` (trials, or
             None) sizes defaults such as a random start or a generation.
-        summary: One line for help texts.
     """
 
     options: type[_Options]
     build: Callable[[Any, int, int | None], BaseSampler]
-    summary: str
 
 
 REGISTRY: dict[ControllerName, Controller] = {
-    "tpe": Controller(TPEOptions, _tpe, "Bayesian: Optuna's multi-objective TPE"),
-    "gp": Controller(StartupOptions, _gp, "Bayesian: Optuna's Gaussian-process sampler"),
-    "nsga2": Controller(NSGAOptions, _nsga2, "evolutionary: NSGA-II"),
-    "nsga3": Controller(NSGAOptions, _nsga3, "evolutionary: NSGA-III"),
-    "rl": Controller(RLOptions, _rl, "reinforcement learning: preference-conditioned REINFORCE"),
-    "random": Controller(_Options, _random, "random search, the control"),
+    "tpe": Controller(TPEOptions, _tpe),
+    "gp": Controller(StartupOptions, _gp),
+    "nsga2": Controller(NSGAOptions, _nsga2),
+    "nsga3": Controller(NSGAOptions, _nsga3),
+    "rl": Controller(RLOptions, _rl),
+    "random": Controller(_Options, _random),
 }
 CONTROLLERS: tuple[ControllerName, ...] = get_args(ControllerName)
 
