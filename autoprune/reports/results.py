@@ -16,7 +16,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from autoprune.engine.measure import SizeUnit
-from autoprune.run.ledger import KIND, Kind, checkpoint_error, status_of
+from autoprune.run.ledger import KIND, KINDS, TARGET, Kind, checkpoint_error, status_of
 from autoprune.run.prepare import DenseRecord
 from autoprune.run.rundir import BASELINE, SEARCH, RunDir, study_name
 from autoprune.run.trial import SIZE_UNITS
@@ -58,7 +58,7 @@ class Run:
         return self.spec.objectives.size
 
     def complete(self, kind: Kind = "search") -> pd.DataFrame:
-        """Complete trials of ``kind`` (``search``, ``uniform``, ``layer-uniform``)."""
+        """Complete trials of ``kind`` (``search``, ``uniform``, ``layer-uniform``, ``global``)."""
         rows = self.trials[(self.trials["kind"] == kind) & (self.trials["status"] == "complete")]
         return rows.copy()
 
@@ -92,6 +92,7 @@ COLUMNS = [
     "study",
     "trial",
     "kind",
+    "target",
     "status",
     "stage",
     "fidelity",
@@ -124,6 +125,7 @@ def _rows(study: optuna.Study, which: str, size_unit: SizeUnit) -> list[dict[str
                 "study": which,
                 "trial": trial.number,
                 "kind": attrs.get(KIND, "search" if which == SEARCH else "uniform"),
+                "target": attrs.get(TARGET),
                 "status": status_of(trial)
                 or ("running" if trial.state == TrialState.RUNNING else trial.state.name.lower()),
                 "stage": attrs.get("stage"),
@@ -190,6 +192,8 @@ def front_table(run: Run, kind: Kind = "search") -> pd.DataFrame:
             "ffn": front["ffn"].map(lambda f: "-".join(map(str, f))),
         }
     )
+    if front["target"].notna().any():  # baselines built for sizes
+        table.insert(2, "target", front["target"])
     if "ratio_nonzero" in front and front["sparsity"].map(lambda s: any(s)).any():
         table["sparsity"] = front["sparsity"].map(lambda s: "-".join(f"{v:.2f}" for v in s))
     return table.reset_index(drop=True)
@@ -205,8 +209,7 @@ def summary(run: Run) -> dict:
         "size_unit": run.size_unit,
         "reference": {"metric": run.reference, "size": 1.0},
     }
-    kinds: tuple[Kind, ...] = ("search", "uniform", "layer-uniform")
-    for kind in kinds:
+    for kind in KINDS:
         if run.complete(kind).empty:
             continue
         result[kind] = {
@@ -235,7 +238,7 @@ def render(run: Run, fmt: TableFormat = "table", kind: Kind = "search") -> str:
         "",
         f"hypervolume (reference: {run.metric} {run.reference:g}, size 1.0):",
     ]
-    for name in ("search", "uniform", "layer-uniform"):
+    for name in KINDS:
         if name in info:
             entry = info[name]
             lines.append(
