@@ -221,7 +221,7 @@ def test_bad_input_is_named(bert) -> None:
     with pytest.raises(BudgetError, match=r"weights: ffn_0=1.5, expected a number in \[0, 1\]"):
         space.decode([0.5, 0.5, 0.5, 1.5, 0.5, 0.5], 0.5)
     off_grid = Allocation(heads=(4, 4, 4), neurons=(48, 20, 48))
-    with pytest.raises(BudgetError, match="layer 1: ffn=20 is not on the budget grid"):
+    with pytest.raises(BudgetError, match="layer 1: neurons=20 is not on the budget grid"):
         space.to_config(off_grid)
     with pytest.raises(BudgetError, match="is not within .* of target 0.25"):
         space.mutate(space.at(0.5), 0.25, random.Random(0))

@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 
 from autoprune.engine.arch import Architecture
+from autoprune.engine.groups import Unit
 from autoprune.engine.measure import SizeModel, SizeUnit
 from autoprune.engine.prune import PruneConfig
 from autoprune.engine.scores import Scores
@@ -101,16 +102,17 @@ class Slot:
         """The level that keeps ``count``; raises :class:`BudgetError` off the grid."""
         level = bisect.bisect_left(self.counts, count)
         if level == len(self.counts) or self.counts[level] != count:
+            field = "heads" if self.dimension == "heads" else "neurons"
             raise BudgetError(
-                f"layer {self.layer}: {self.dimension}={count} is not on the budget grid; "
+                f"layer {self.layer}: {field}={count} is not on the budget grid; "
                 f"allowed: {', '.join(map(str, self.counts))}"
             )
         return level
 
 
-def _unit_cost(sizes: SizeModel, layer: int, unit: str, size_unit: SizeUnit) -> int:
+def _unit_cost(sizes: SizeModel, layer: int, unit: Unit, size_unit: SizeUnit) -> int:
     """The cost of one ``unit`` (head, kv, neuron) of ``layer`` in ``size_unit``."""
-    cost = sizes.costs[layer][unit]  # type: ignore[index]
+    cost = sizes.costs[layer][unit]
     if size_unit == "macs":
         return cost.macs
     if size_unit == "bytes":
