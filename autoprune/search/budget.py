@@ -4,7 +4,7 @@ A :class:`BudgetSpace` lays a grid over one model: each (layer, dimension) *slot
 number of *levels*. One level of a layer's attention is one key/value group with all the
 query heads that read it (without grouped-query attention: one head and its key/value
 projections); one level of a feed-forward block is a block of neurons whose cost is as close
-as possible to one attention level of that layer (the last level of a block may be smaller:
+as possible to one attention level of that layer (its last level may be a smaller block:
 it reaches the dense width). So moving one level from one slot to another leaves the size
 nearly unchanged, which is what a budget-preserving search needs (EvoPress's level-switch
 mutation, Sieberling et al. 2024).
