@@ -14,11 +14,15 @@ import optuna
 from autoprune import __version__
 from autoprune.errors import AutopruneError
 from autoprune.reports.results import TableFormat
+from autoprune.run.baselines import TARGET_KINDS, TargetKind
 from autoprune.run.ledger import KINDS, Kind
 from autoprune.search.controllers import CONTROLLERS
 from autoprune.search.spec import BackendName
 
 log = logging.getLogger("autoprune")
+
+
+DEFAULT_RATIOS = [0.25, 0.5, 0.75]
 
 
 class UsageError(AutopruneError):
@@ -70,16 +74,24 @@ def _baseline(args: argparse.Namespace) -> None:
 
     if bool(args.heads_ratios) != bool(args.ffn_ratios):
         raise UsageError("--heads-ratios and --ffn-ratios go together (a layer-uniform grid)")
+    if bool(args.targets) != bool(args.kind):
+        raise UsageError("--targets and --kind go together (--kind global --targets 0.5,0.25)")
+    kinds: list[TargetKind] = list(dict.fromkeys(args.kind or ()))
+    ratios = args.ratios
+    if ratios is None:  # the default uniform ratios, unless sizes were asked for
+        ratios = [] if args.targets else DEFAULT_RATIOS
     RunDir(Path(args.run)).load_spec()  # a missing or foreign directory is refused first
     run_dir = run_baselines(
         args.run,
-        uniform=args.ratios,
+        uniform=ratios,
         head_ratios=args.heads_ratios or (),
         ffn_ratios=args.ffn_ratios or (),
+        targets=[(kind, target) for kind in kinds for target in args.targets or ()],
     )
     run = load_run(run_dir)
-    trained: list[Kind] = ["uniform"] * bool(args.ratios)
+    trained: list[Kind] = ["uniform"] * bool(ratios or "uniform" in kinds)
     trained += ["layer-uniform"] * bool(args.heads_ratios)
+    trained += ["global"] * ("global" in kinds)
     print("\n\n".join(render(run, kind=kind) for kind in trained))
 
 
@@ -133,19 +145,31 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--storage", help="Optuna storage URL (default: SQLite in the run)")
     search.set_defaults(handler=_search)
 
-    baseline = commands.add_parser("baseline", help="train uniform baselines into a run")
+    baseline = commands.add_parser("baseline", help="train baselines into a run")
     baseline.add_argument("run")
     baseline.add_argument(
         "--ratios",
         type=_ratios,
-        default=[0.25, 0.5, 0.75],
-        help="uniform keep ratios for heads and ffn (default 0.25,0.5,0.75)",
+        help="uniform keep ratios for heads and ffn (default 0.25,0.5,0.75 without --targets)",
     )
     baseline.add_argument(
         "--heads-ratios", type=_ratios, help="layer-uniform grid: head keep ratios"
     )
     baseline.add_argument(
         "--ffn-ratios", type=_ratios, help="layer-uniform grid: feed-forward keep ratios"
+    )
+    baseline.add_argument(
+        "--targets",
+        type=_ratios,
+        help="sizes to build baselines for, in the study's size unit (with --kind)",
+    )
+    baseline.add_argument(
+        "--kind",
+        action="append",
+        choices=TARGET_KINDS,
+        help="the baseline built for each of --targets: uniform (every layer keeps the same "
+        "fraction) or global (heads and neurons ranked across layers by importance per "
+        "cost); repeat for both",
     )
     baseline.set_defaults(handler=_baseline)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autoprune.backends import run_trials
-from autoprune.run.baselines import baseline_configs, train_baselines
+from autoprune.run.baselines import TargetKind, baseline_configs, train_baselines
 from autoprune.run.propose import Proposer
 from autoprune.run.rundir import RunDir, RunLock, log_to_run
 from autoprune.run.session import Session, open_session
@@ -97,13 +97,19 @@ def run_baselines(
     uniform: Sequence[float] = (),
     head_ratios: Sequence[float] = (),
     ffn_ratios: Sequence[float] = (),
+    targets: Sequence[tuple[TargetKind, float]] = (),
 ) -> Path:
-    """Train the uniform ratios and the layer-uniform grid (every head ratio with every
-    feed-forward ratio) into the run of ``study``; returns the run directory. Baselines
-    already recorded are not trained again."""
+    """Train the uniform ratios, the layer-uniform grid (every head ratio with every
+    feed-forward ratio) and the ``(kind, target size)`` baselines (``uniform`` or
+    ``global``; sizes in the study's size unit) into the run of ``study``; returns the run
+    directory. Baselines already recorded are not trained again.
+
+    Raises:
+        BudgetError: If a target size cannot be met, before anything is trained.
+    """
     if bool(head_ratios) != bool(ffn_ratios):
         raise StudyError("head and feed-forward ratios go together (a layer-uniform grid)")
     with opened_run(study, out, overrides) as session:
-        configs = baseline_configs(session, uniform, head_ratios, ffn_ratios)
-        train_baselines(session, configs)
+        baselines = baseline_configs(session, uniform, head_ratios, ffn_ratios, targets)
+        train_baselines(session, baselines)
         return session.run.path

@@ -41,3 +41,53 @@ def test_stage_and_fidelity_are_on_every_record(tiny_run: Path, capsys) -> None:
     assert cli.main(["pareto", str(tiny_run), "--format", "json"]) == 0
     front = json.loads(capsys.readouterr().out)["front"]
     assert front and all(p["stage"] == "retrain" for p in front)
+
+
+TARGETS = [0.5, 0.25, 0.15]
+
+
+def test_global_and_uniform_baselines_at_target_sizes(
+    tiny_run: Path, tmp_path: Path, capsys
+) -> None:
+    import json
+
+    from autoprune.run.session import open_run
+    from autoprune.search.budget import BudgetSpace
+
+    run_dir = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    command = ["-q", "baseline", str(run_dir), "--kind", "global", "--kind", "uniform"]
+    command += ["--targets", ",".join(map(str, TARGETS))]
+    assert cli.main(command) == 0
+    printed = capsys.readouterr().out
+    assert "global front" in printed and "uniform front" in printed
+    run = load_run(run_dir)
+    space = BudgetSpace(open_run(run_dir).sizes, run.size_unit)
+    for kind in ("global", "uniform"):  # and no uniform ratios besides the targets
+        trials = run.complete(kind)
+        assert sorted(trials["target"]) == sorted(TARGETS), kind
+        for size, target in zip(trials["size"], trials["target"], strict=True):
+            assert abs(size - target) <= space.tolerance + 1e-12, (kind, target)
+    assert set(run.trials[run.trials["kind"] == "global"]["status"]) == {"complete"}
+
+    assert cli.main(["pareto", str(run_dir), "--kind", "global", "--format", "json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [p["trial"] for p in shown["front"]] == list(run.front("global")["trial"])
+    assert all(p["target"] in TARGETS for p in shown["front"])
+    assert shown["global"]["trials"] == len(TARGETS)
+
+    number = int(run.front("global")["trial"].iloc[0])
+    export = ["export", str(run_dir), "--kind", "global", "--trial", str(number)]
+    assert cli.main(export + ["--out", str(tmp_path / "exported")]) == 0
+    assert f"exported trial {number} from its kept checkpoint" in capsys.readouterr().out
+
+    assert cli.main(command) == 0  # all recorded: nothing is trained again
+    assert len(load_run(run_dir).complete("global")) == len(TARGETS)
+
+
+def test_target_baselines_refuse_bad_arguments(tiny_run: Path, tmp_path: Path, capsys) -> None:
+    run_dir = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    assert cli.main(["baseline", str(run_dir), "--targets", "0.5"]) == 2
+    assert "--targets and --kind go together" in capsys.readouterr().err
+    assert cli.main(["baseline", str(run_dir), "--kind", "global", "--targets", "0.0"]) == 2
+    assert "target 0.0 (prunable) cannot be met by heads and neurons" in capsys.readouterr().err
+    assert load_run(run_dir).complete("global").empty

@@ -19,6 +19,7 @@ STYLES: dict[Kind, tuple[str, str, str]] = {  # kind -> (label, colour, marker)
     "search": ("searched", "#1f77b4", "o"),
     "uniform": ("uniform baseline", "#ff7f0e", "s"),
     "layer-uniform": ("layer-uniform baseline", "#2ca02c", "^"),
+    "global": ("global-importance baseline", "#d62728", "D"),
 }
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from autoprune.engine.measure import SizeUnit
-from autoprune.run.ledger import KIND, KINDS, Kind, checkpoint_error, status_of
+from autoprune.run.ledger import KIND, KINDS, TARGET, Kind, checkpoint_error, status_of
 from autoprune.run.prepare import DenseRecord
 from autoprune.run.rundir import BASELINE, SEARCH, RunDir, study_name
 from autoprune.run.trial import SIZE_UNITS
@@ -64,7 +64,7 @@ class Run:
         return self.spec.objectives.size
 
     def complete(self, kind: Kind = "search") -> pd.DataFrame:
-        """Complete trials of ``kind`` (``search``, ``uniform``, ``layer-uniform``)."""
+        """Complete trials of ``kind`` (``search``, ``uniform``, ``layer-uniform``, ``global``)."""
         rows = self.trials[(self.trials["kind"] == kind) & (self.trials["status"] == "complete")]
         return rows.copy()
 
@@ -97,6 +97,7 @@ COLUMNS = [
     "study",
     "trial",
     "kind",
+    "target",
     "status",
     "stage",
     "fidelity",
@@ -130,6 +131,7 @@ def _rows(study: optuna.Study, which: str, size_unit: SizeUnit) -> list[dict[str
                 "study": which,
                 "trial": trial.number,
                 "kind": attrs.get(KIND, "search" if which == SEARCH else "uniform"),
+                "target": attrs.get(TARGET),
                 "status": status_of(trial)
                 or ("running" if trial.state == TrialState.RUNNING else trial.state.name.lower()),
                 "stage": attrs.get("stage"),
@@ -197,6 +199,8 @@ def front_table(run: Run, kind: Kind = "search") -> pd.DataFrame:
             "ffn": front["ffn"].map(lambda f: "-".join(map(str, f))),
         }
     )
+    if front["target"].notna().any():  # baselines built for sizes
+        table.insert(2, "target", front["target"])
     if "ratio_nonzero" in front and front["sparsity"].map(lambda s: any(s)).any():
         table["sparsity"] = front["sparsity"].map(lambda s: "-".join(f"{v:.2f}" for v in s))
     return table.reset_index(drop=True)

@@ -1,22 +1,50 @@
 """Baselines trained into a run the same way as the search's trials.
 
-``uniform``: one keep ratio for heads and feed-forward neurons in every layer.
+``uniform``: one keep ratio for heads and feed-forward neurons in every layer, or, for a
+target size, every layer keeping the same fraction of its cost
+(:meth:`~autoprune.search.budget.BudgetSpace.at`).
 ``layer-uniform``: one configuration in every layer, head and feed-forward ratios chosen
 independently (a grid).
+``global``: for a target size, the heads and neurons of every layer ranked together by the
+study's importance scores per unit of cost
+(:meth:`~autoprune.search.budget.BudgetSpace.global_allocation`).
+
+Target sizes are ratios to the dense model in the study's size unit (``objectives.size``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 from autoprune.engine.arch import describe
 from autoprune.engine.prune import PruneConfig
 from autoprune.run.execute import execute
-from autoprune.run.ledger import KIND, STATUS, Kind
+from autoprune.run.ledger import KIND, STATUS, TARGET, Kind
 from autoprune.run.session import Session
+from autoprune.search.budget import BudgetSpace
+
+TargetKind = Literal["uniform", "global"]
+TARGET_KINDS: tuple[TargetKind, ...] = ("uniform", "global")
 
 log = logging.getLogger("autoprune")
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """One baseline configuration to train.
+
+    Attributes:
+        kind: The baseline's kind.
+        config: What it keeps.
+        target: The size it was built for, or None for one built from ratios.
+    """
+
+    kind: Kind
+    config: PruneConfig
+    target: float | None = None
 
 
 def baseline_configs(
@@ -24,19 +52,34 @@ def baseline_configs(
     uniform: Sequence[float] = (),
     head_ratios: Sequence[float] = (),
     ffn_ratios: Sequence[float] = (),
-) -> list[tuple[Kind, PruneConfig]]:
+    targets: Sequence[tuple[TargetKind, float]] = (),
+) -> list[Baseline]:
     """Uniform configurations (one keep ratio for heads and ffn in every layer), then the
-    layer-uniform grid (every pair of a head ratio and a feed-forward ratio)."""
+    layer-uniform grid (every pair of a head ratio and a feed-forward ratio), then one
+    configuration per ``(kind, target size)`` of ``targets``.
+
+    Raises:
+        BudgetError: If a target cannot be met, or the study's size unit is ``nonzero``.
+    """
     arch = describe(session.prepared.model)
     pairs: list[tuple[Kind, float, float]] = [("uniform", r, r) for r in uniform]
     pairs += [("layer-uniform", h, f) for h in head_ratios for f in ffn_ratios]
-    return [(kind, PruneConfig.uniform(arch, heads=h, ffn=f)) for kind, h, f in pairs]
+    baselines = [Baseline(kind, PruneConfig.uniform(arch, heads=h, ffn=f)) for kind, h, f in pairs]
+    if targets:
+        space = BudgetSpace(session.sizes, session.spec.objectives.size)
+        for kind, target in targets:
+            if kind == "global":
+                allocation = space.global_allocation(session.prepared.scores, target)
+            else:
+                allocation = space.at(target)
+            baselines.append(Baseline(kind, space.to_config(allocation), target))
+    return baselines
 
 
-def train_baselines(session: Session, configs: Sequence[tuple[Kind, PruneConfig]]) -> None:
+def train_baselines(session: Session, baselines: Sequence[Baseline]) -> None:
     """Train baseline configurations with the study's recipe into the run's baseline study.
 
-    A configuration already recorded as complete is not trained again.
+    A configuration already recorded as complete for its kind is not trained again.
     """
     ledger = session.baseline
     ledger.recover_interrupted()
@@ -45,12 +88,14 @@ def train_baselines(session: Session, configs: Sequence[tuple[Kind, PruneConfig]
         for t in ledger.study.get_trials(deepcopy=False)
         if t.user_attrs.get(STATUS) == "complete"
     ]
-    todo = [(k, c) for k, c in configs if (k, c.to_dict()) not in done]
+    todo = [b for b in baselines if (b.kind, b.config.to_dict()) not in done]
     log.info(
         "baseline: %d configuration(s) to train, %d already done",
         len(todo),
-        len(configs) - len(todo),
+        len(baselines) - len(todo),
     )
-    for kind, config in todo:
+    for baseline in todo:
         number = ledger.study.ask().number
-        execute(session.prepared, session.settings, ledger, number, config, kind)
+        if baseline.target is not None:
+            ledger.note(number, {TARGET: baseline.target})
+        execute(session.prepared, session.settings, ledger, number, baseline.config, baseline.kind)

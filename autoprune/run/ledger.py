@@ -2,10 +2,11 @@
 
 Every trial is recorded on the run's Optuna study: its objective values (the task's metric
 on the search split, the size ratio) when it completed, and user attributes: its
-``status``, ``kind`` (``search``, ``uniform`` or ``layer-uniform``), the ``stage`` and
-``fidelity`` it was evaluated at (today one stage, ``retrain``, whose fidelity is the
-number of retraining steps), the PruneConfig, the metrics on both splits before and after
-retraining, every size, the times, its rung points, and for a failure its reason. The
+``status``, ``kind`` (``search``, ``uniform``, ``layer-uniform`` or ``global``), the
+``target`` size of a baseline built for one, the ``stage`` and ``fidelity`` it was
+evaluated at (today one stage, ``retrain``, whose fidelity is the number of retraining
+steps), the PruneConfig, the metrics on both splits before and after retraining, every
+size, the times, its rung points, and for a failure its reason. The
 ledger also decides early stopping at rungs, keeps the retrained weights of front trials
 (per kind) and logs progress.
 """
@@ -31,11 +32,12 @@ from autoprune.search.spec import EarlyStoppingSpec
 from autoprune.tasks.base import Task
 
 Status = Literal["complete", "stopped", "failed", "outside_band", "invalid", "interrupted"]
-Kind = Literal["search", "uniform", "layer-uniform"]
-KINDS: tuple[Kind, ...] = ("search", "uniform", "layer-uniform")
+Kind = Literal["search", "uniform", "layer-uniform", "global"]
+KINDS: tuple[Kind, ...] = ("search", "uniform", "layer-uniform", "global")
 
 STATUS = "status"
 KIND = "kind"
+TARGET = "target"  # the size a baseline was built for, where it was built for one
 STAGE = "stage"
 FIDELITY = "fidelity"
 FAILURE = "failure"
