@@ -203,7 +203,7 @@ class BudgetSpace:
         Raises:
             BudgetError: If ``allocation`` is not on this space's grid.
         """
-        self._levels(allocation)
+        self.levels_of(allocation)
         arch = self.arch
         grouped = any(arch.group_size(layer) > 1 for layer in range(arch.num_layers))
         kv_heads = [
@@ -215,7 +215,7 @@ class BudgetSpace:
             kv_heads=kv_heads if grouped else None,
         )
 
-    def _levels(self, allocation: Allocation) -> list[int]:
+    def levels_of(self, allocation: Allocation) -> list[int]:
         """Every slot's level in ``allocation`` (slot order); raises off the grid."""
         layers = self.arch.num_layers
         for field, values in (("heads", allocation.heads), ("neurons", allocation.neurons)):
@@ -226,7 +226,8 @@ class BudgetSpace:
         counts = (*allocation.heads, *allocation.neurons)
         return [slot.level_of(count) for slot, count in zip(self.slots, counts, strict=True)]
 
-    def _allocation(self, levels: Sequence[int]) -> Allocation:
+    def from_levels(self, levels: Sequence[int]) -> Allocation:
+        """The allocation keeping ``levels`` (one per slot, in :attr:`slots` order)."""
         counts = [slot.counts[level] for slot, level in zip(self.slots, levels, strict=True)]
         layers = self.arch.num_layers
         return Allocation(heads=tuple(counts[:layers]), neurons=tuple(counts[layers:]))
@@ -299,7 +300,7 @@ class BudgetSpace:
             return (shares[index] - slot.cost(level)) / slot.step(level + 1)
 
         self._fill(levels, budget, remainder)
-        return self._allocation(levels)
+        return self.from_levels(levels)
 
     def _water_fill(self, weights: list[float], budget: float) -> list[float]:
         """Per slot, a share of ``budget`` proportional to weight times dense cost, capped
@@ -418,7 +419,7 @@ class BudgetSpace:
             self._fill(levels, budget, lambda i: value(i, levels[i] + 1))
         else:
             self._fill(levels, budget, lambda i: value(i, levels[i]), remove=True)
-        return self._allocation(levels)
+        return self.from_levels(levels)
 
     # -- mutating --------------------------------------------------------------------------
 
@@ -442,7 +443,7 @@ class BudgetSpace:
         if swaps < 0:
             raise BudgetError(f"swaps must be >= 0, got {swaps}")
         budget = self._budget(target)
-        levels = self._levels(allocation)
+        levels = self.levels_of(allocation)
         kept = self._kept(levels)
         band = self.unit_cost / 2
         if abs(kept - budget) > band:
@@ -468,4 +469,4 @@ class BudgetSpace:
                     levels[taker] += 1
                     kept = after + self.slots[taker].step(levels[taker])
                     break
-        return self._allocation(levels)
+        return self.from_levels(levels)

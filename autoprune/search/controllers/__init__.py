@@ -2,8 +2,9 @@
 
 Every controller is an Optuna sampler, so it runs the same in process and under Ray Tune.
 Optuna's own samplers are wrapped, not copied: ``tpe`` and ``gp`` (Bayesian), ``nsga2`` and
-``nsga3`` (evolutionary), ``random`` (the control); ``rl`` is ours
-(:class:`~autoprune.search.controllers.rl.PolicyGradientSampler`). Each registered
+``nsga3`` (evolutionary), ``random`` (the control); ``rl`` and ``evo`` are ours
+(:class:`~autoprune.search.controllers.rl.PolicyGradientSampler`,
+:class:`~autoprune.search.controllers.evo.EvolutionarySampler`). Each registered
 controller declares its options as a pydantic model, so a study file's
 ``controller.options`` are validated before any work, with errors naming the key.
 """
@@ -27,9 +28,10 @@ from optuna.samplers import (
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from autoprune.errors import AutopruneError
+from autoprune.search.controllers.evo import EvolutionarySampler, Mutation
 from autoprune.search.controllers.rl import PolicyGradientSampler
 
-ControllerName = Literal["tpe", "gp", "nsga2", "nsga3", "rl", "random"]
+ControllerName = Literal["tpe", "gp", "nsga2", "nsga3", "rl", "random", "evo"]
 
 
 class ControllerOptionsError(AutopruneError, ValueError):
@@ -72,6 +74,16 @@ class RLOptions(_Options):
     sigma: float = Field(default=0.3, gt=0)
 
 
+class EvoOptions(_Options):
+    """The elitist evolution's settings (see :class:`EvolutionarySampler`)."""
+
+    swaps: int = Field(default=2, ge=1, description="levels moved per child")
+    starts: list[Literal["uniform", "global"]] = Field(
+        default=["uniform", "global"],
+        description="allocations evaluated first, at each target (a targeted search)",
+    )
+
+
 def population_size(budget: int | None) -> int:
     """NSGA's generation size: a fifth of the trial budget, within [8, 50] (Optuna's default)."""
     return 50 if budget is None else min(50, max(8, budget // 5))
@@ -83,16 +95,22 @@ def startup_trials(budget: int | None) -> int:
     return 10 if budget is None else min(10, max(4, budget // 5))
 
 
-def _tpe(options: TPEOptions, seed: int, budget: int | None) -> BaseSampler:
+def _tpe(
+    options: TPEOptions, seed: int, budget: int | None, mutation: Mutation | None
+) -> BaseSampler:
     startup = options.n_startup_trials or startup_trials(budget)
     return TPESampler(seed=seed, multivariate=options.multivariate, n_startup_trials=startup)
 
 
-def _gp(options: StartupOptions, seed: int, budget: int | None) -> BaseSampler:
+def _gp(
+    options: StartupOptions, seed: int, budget: int | None, mutation: Mutation | None
+) -> BaseSampler:
     return GPSampler(seed=seed, n_startup_trials=options.n_startup_trials or startup_trials(budget))
 
 
-def _nsga2(options: NSGAOptions, seed: int, budget: int | None) -> BaseSampler:
+def _nsga2(
+    options: NSGAOptions, seed: int, budget: int | None, mutation: Mutation | None
+) -> BaseSampler:
     return NSGAIISampler(
         seed=seed,
         population_size=options.population_size or population_size(budget),
@@ -101,7 +119,9 @@ def _nsga2(options: NSGAOptions, seed: int, budget: int | None) -> BaseSampler:
     )
 
 
-def _nsga3(options: NSGAOptions, seed: int, budget: int | None) -> BaseSampler:
+def _nsga3(
+    options: NSGAOptions, seed: int, budget: int | None, mutation: Mutation | None
+) -> BaseSampler:
     with warnings.catch_warnings():  # experimental in Optuna; we accept that
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return NSGAIIISampler(
@@ -112,12 +132,22 @@ def _nsga3(options: NSGAOptions, seed: int, budget: int | None) -> BaseSampler:
         )
 
 
-def _rl(options: RLOptions, seed: int, budget: int | None) -> BaseSampler:
+def _rl(
+    options: RLOptions, seed: int, budget: int | None, mutation: Mutation | None
+) -> BaseSampler:
     return PolicyGradientSampler(seed=seed, **options.model_dump())
 
 
-def _random(options: _Options, seed: int, budget: int | None) -> BaseSampler:
+def _random(
+    options: _Options, seed: int, budget: int | None, mutation: Mutation | None
+) -> BaseSampler:
     return RandomSampler(seed=seed)
+
+
+def _evo(
+    options: EvoOptions, seed: int, budget: int | None, mutation: Mutation | None
+) -> BaseSampler:
+    return EvolutionarySampler(seed=seed, swaps=options.swaps, mutation=mutation)
 
 
 @dataclass(frozen=True)
@@ -126,12 +156,14 @@ class Controller:
 
     Attributes:
         options: The pydantic model of ``controller.options`` for this controller.
-        build: ``build(options, seed, budget)``, a seeded sampler; ``budget`` (trials, or
-            None) sizes defaults such as a random start or a generation.
+        build: ``build(options, seed, budget, mutation)``, a seeded sampler; ``budget``
+            (trials, or None) sizes defaults such as a random start or a generation;
+            ``mutation``, where given, is how an evolutionary controller makes a child (the
+            budget-preserving level switch of a targeted search).
     """
 
     options: type[_Options]
-    build: Callable[[Any, int, int | None], BaseSampler]
+    build: Callable[[Any, int, int | None, Mutation | None], BaseSampler]
 
 
 REGISTRY: dict[ControllerName, Controller] = {
@@ -141,6 +173,7 @@ REGISTRY: dict[ControllerName, Controller] = {
     "nsga3": Controller(NSGAOptions, _nsga3),
     "rl": Controller(RLOptions, _rl),
     "random": Controller(_Options, _random),
+    "evo": Controller(EvoOptions, _evo),
 }
 CONTROLLERS: tuple[ControllerName, ...] = get_args(ControllerName)
 
@@ -170,11 +203,13 @@ def make_sampler(
     seed: int,
     budget: int | None = None,
     options: Mapping[str, Any] | None = None,
+    mutation: Mutation | None = None,
 ) -> BaseSampler:
     """The controller called ``name`` with ``options``, seeded; ``budget`` (trials) sizes the
-    random start of TPE and GP and the generations of NSGA-II and NSGA-III by default."""
+    random start of TPE and GP and the generations of NSGA-II and NSGA-III by default;
+    ``mutation`` is the evolutionary controller's way of making a child."""
     validated = validate_options(name, options or {})
-    return REGISTRY[name].build(validated, seed, budget)
+    return REGISTRY[name].build(validated, seed, budget, mutation)
 
 
 __all__ = [
@@ -182,6 +217,7 @@ __all__ = [
     "REGISTRY",
     "Controller",
     "ControllerName",
+    "EvolutionarySampler",
     "ControllerOptionsError",
     "PolicyGradientSampler",
     "make_sampler",
