@@ -168,12 +168,14 @@ class Screener:
         if stop <= start:
             raise ValueError(f"examples: {examples} selects none of {self.examples} examples")
         part = self.data.subset(slice(start, stop))
-        scorer = {"kl": self._kl, "hidden": self._hidden, "loss": self._loss}.get(self.fitness)
+        scorers = {
+            "kl": self._kl,
+            "hidden": self._hidden,
+            "loss": self._loss,
+            "metric": self._metric,
+        }
         with torch.inference_mode():
-            if scorer is None:  # metric
-                task = self.prepared.task
-                return -task.score(task.evaluate(model, part))
-            return scorer(model, self._batches(part), (start, stop))
+            return scorers[self.fitness](model, part, (start, stop))
 
     def _batches(self, part: Encoded) -> list[dict[str, torch.Tensor]]:
         return [{k: v.to(self.device) for k, v in b.items()} for b in part.batches(self.batch_size)]
@@ -189,18 +191,14 @@ class Screener:
             self._dense_outputs[key] = [output(self.dense, b) for b in batches]
         return self._dense_outputs[key]
 
-    def _kl(
-        self, model: PreTrainedModel, batches: list[dict[str, torch.Tensor]], key: tuple[int, int]
-    ) -> float:
-        task = self.prepared.task
+    def _kl(self, model: PreTrainedModel, part: Encoded, key: tuple[int, int]) -> float:
+        task, batches = self.prepared.task, self._batches(part)
         teachers = self._dense(key, batches, task.teacher_targets)
         values = [task.divergence(model, b, t) for b, t in zip(batches, teachers, strict=True)]
         return float(torch.cat(values).mean())
 
-    def _hidden(
-        self, model: PreTrainedModel, batches: list[dict[str, torch.Tensor]], key: tuple[int, int]
-    ) -> float:
-        errors = []
+    def _hidden(self, model: PreTrainedModel, part: Encoded, key: tuple[int, int]) -> float:
+        batches, errors = self._batches(part), []
         dense = self._dense(key, batches, last_hidden)
         for batch, reference in zip(batches, dense, strict=True):
             hidden = last_hidden(model, batch)  # (batch, seq, hidden)
@@ -209,12 +207,14 @@ class Screener:
             errors.append(squared / (reference.pow(2) * mask).sum(dim=(1, 2)))  # (batch,)
         return float(torch.cat(errors).mean())
 
-    def _loss(
-        self, model: PreTrainedModel, batches: list[dict[str, torch.Tensor]], key: tuple[int, int]
-    ) -> float:
+    def _loss(self, model: PreTrainedModel, part: Encoded, key: tuple[int, int]) -> float:
         task = self.prepared.task
-        total = sum(float(task.loss(model, b, reduction="sum")) for b in batches)
-        return total / sum(len(b["labels"]) for b in batches)
+        total = sum(float(task.loss(model, b, reduction="sum")) for b in self._batches(part))
+        return total / len(part)
+
+    def _metric(self, model: PreTrainedModel, part: Encoded, key: tuple[int, int]) -> float:
+        task = self.prepared.task
+        return -task.score(task.evaluate(model, part))
 
 
 def last_hidden(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
