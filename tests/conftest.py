@@ -199,7 +199,7 @@ def tiny_model_dir(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     vocab = directory / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(directory)
+    BertTokenizerFast(vocab=str(vocab)).save_pretrained(directory)
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=len(WORDS) + 5,

@@ -23,9 +23,20 @@ from autoprune.search.spec import RetrainSpec, StudySpec
 from autoprune.tasks.train import Recipe, train
 
 SIZE_UNITS: tuple[SizeUnit, ...] = get_args(SizeUnit)
-Stage = Literal["retrain"]
+Stage = Literal["retrain", "screen"]
 """How a candidate is evaluated: ``retrain`` (pruned, retrained with distillation for
-``fidelity`` steps, evaluated on both splits)."""
+``fidelity`` steps, evaluated on both splits; :func:`run_trial`) or ``screen`` (pruned, maybe
+refit, scored retrain-free on ``fidelity`` calibration examples;
+:func:`autoprune.run.screen.screen_candidate`)."""
+
+
+def flat_attrs(record: dict[str, Any]) -> dict[str, Any]:
+    """An outcome's :meth:`to_dict` with its ``ratios`` spread into ``ratio_<unit>`` keys, as
+    Optuna trial attributes."""
+    attrs = dict(record)
+    for unit, ratio in attrs.pop("ratios").items():
+        attrs[f"ratio_{unit}"] = ratio
+    return attrs
 
 
 @dataclass(frozen=True)
@@ -99,10 +110,8 @@ class TrialOutcome:
 
     def to_attrs(self) -> dict[str, Any]:
         """Flat JSON-ready attributes for an Optuna trial (rungs are the ledger's to write)."""
-        attrs = self.to_dict()
+        attrs = flat_attrs(self.to_dict())
         del attrs["rungs"]
-        for unit, ratio in attrs.pop("ratios").items():
-            attrs[f"ratio_{unit}"] = ratio
         return attrs
 
 

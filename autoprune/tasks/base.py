@@ -79,6 +79,18 @@ class Task(ABC):
         plus ``1 - weight`` times the training loss; a mean over examples."""
 
     @abstractmethod
+    def divergence(
+        self, model: PreTrainedModel, batch: Batch, teacher: torch.Tensor
+    ) -> torch.Tensor:
+        """How far ``model``'s output distribution is from the dense model's on ``batch``.
+
+        Returns one KL divergence ``KL(dense || model)`` per scored item, ``(items,)``: per
+        example for a classifier (its distribution over labels), per predicted token for a
+        language model. ``teacher`` holds the rows of :meth:`teacher_targets` for ``batch``'s
+        examples. Each value is >= 0, and 0 where the outputs equal the dense model's; lower
+        is closer. Callers turn gradients off."""
+
+    @abstractmethod
     def teacher_targets(self, model: PreTrainedModel, batch: Batch) -> torch.Tensor:
         """The dense ``model``'s targets for ``batch``, as :meth:`distillation_loss` reads them."""
 

@@ -2,7 +2,8 @@
 
 The model is a ``*ForSequenceClassification`` with one output per label; its loss is cross
 entropy; distillation is the KL divergence to the dense model's softened logits (Hinton et
-al. 2015), whose full logits are small enough to cache for every retraining example; the
+al. 2015), whose full logits are small enough to cache for every retraining example, and the
+same KL at temperature 1, per example, is its divergence from the dense model; the
 metric (accuracy, Matthews correlation or F1) is computed on arg-max predictions, and the
 hypervolume counts from chance level.
 """
@@ -54,13 +55,15 @@ class Classification(Task):
         logits = model(**model_inputs(batch)).logits  # (batch, labels)
         hard = F.cross_entropy(logits, batch["labels"])
         t = temperature
-        soft = F.kl_div(
-            F.log_softmax(logits / t, dim=-1),
-            F.log_softmax(teacher / t, dim=-1),
-            log_target=True,
-            reduction="batchmean",
-        ) * (t * t)  # scaled by t^2 so gradients keep their size (Hinton et al.)
+        # scaled by t^2 so gradients keep their size (Hinton et al.)
+        soft = kl_per_example(logits / t, teacher / t).mean() * (t * t)
         return weight * soft + (1 - weight) * hard
+
+    def divergence(
+        self, model: PreTrainedModel, batch: Batch, teacher: torch.Tensor
+    ) -> torch.Tensor:
+        logits = model(**model_inputs(batch)).logits  # (batch, labels)
+        return kl_per_example(logits.float(), teacher)  # (batch,)
 
     def teacher_targets(self, model: PreTrainedModel, batch: Batch) -> torch.Tensor:
         with torch.inference_mode():
@@ -73,6 +76,17 @@ class Classification(Task):
     @property
     def reference(self) -> float:
         return chance_level(self.metric, self.num_labels)
+
+
+def kl_per_example(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """``KL(softmax(teacher) || softmax(student))`` for each row of two ``(batch, labels)``
+    logit tensors, ``(batch,)``."""
+    return F.kl_div(
+        F.log_softmax(student, dim=-1),
+        F.log_softmax(teacher, dim=-1),
+        log_target=True,
+        reduction="none",
+    ).sum(dim=-1)  # (batch,)
 
 
 def predict(model: PreTrainedModel, data: Encoded, batch_size: int = 128) -> torch.Tensor:
