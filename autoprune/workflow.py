@@ -21,6 +21,7 @@ from autoprune.run.propose import Proposer
 from autoprune.run.rundir import RunDir, RunLock, log_to_run
 from autoprune.run.session import Session, open_session
 from autoprune.search.spec import StudyError, load_study
+from autoprune.strategies.targeted import TargetedSearch
 
 
 class SearchStopped(KeyboardInterrupt):
@@ -77,13 +78,27 @@ def run_search(
     study: str | Path, out: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> Path:
     """Run (or resume) the search ``study`` describes, then its uniform baseline; returns
-    the run directory. The size band is checked against the search space before any trial."""
+    the run directory.
+
+    With ``objectives.targets`` the search is targeted (screen many candidates of exactly
+    each size, retrain the best few: :class:`TargetedSearch`, in this process); otherwise
+    the controller searches freely within the size band on the study's backend, the band
+    checked against the search space before any trial.
+    """
     with opened_run(study, out, overrides) as session:
         spec = session.spec
-        Proposer(
-            session.search, session.space, session.sizes, spec.objectives, session.settings
-        ).check_reachable()
-        run_trials(session)
+        if spec.objectives.targets:
+            if spec.backend.name != "local":
+                raise StudyError(
+                    "objectives.targets: a targeted search runs on the local backend for now; "
+                    "set backend.name: local"
+                )
+            TargetedSearch(session).run()
+        else:
+            Proposer(
+                session.search, session.space, session.sizes, spec.objectives, session.settings
+            ).check_reachable()
+            run_trials(session)
         if spec.baseline.ratios:
             train_baselines(session, baseline_configs(session, spec.baseline.ratios))
         return session.run.path

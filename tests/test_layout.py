@@ -20,11 +20,12 @@ LAYERS = {
     "tasks": 2,
     "search": 3,
     "run": 4,
-    "backends": 5,
-    "workflow": 6,
-    "reports": 6,
-    "cli": 7,
-    "__main__": 8,
+    "strategies": 5,
+    "backends": 6,
+    "workflow": 7,
+    "reports": 7,
+    "cli": 8,
+    "__main__": 9,
 }
 
 

@@ -29,7 +29,7 @@ def execute(
         return ledger.rung_decision(number, step, outcome.metric_search, size)
 
     use_rungs = kind == "search" and bool(settings.rungs)
-    ledger.start(number, kind, config, settings)
+    ledger.start(number, kind, config, settings.stage, settings.fidelity)
     try:
         outcome, model = run_trial(prepared, config, settings, on_rung if use_rungs else None)
     except KeyboardInterrupt:

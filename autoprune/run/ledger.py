@@ -25,7 +25,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.engine.prune import PruneConfig
 from autoprune.run.rundir import RunDir, write_atomically
-from autoprune.run.trial import TrialOutcome, TrialSettings
+from autoprune.run.screen import ScreenOutcome
+from autoprune.run.trial import Stage, TrialOutcome
 from autoprune.search.early_stopping import should_continue
 from autoprune.search.pareto import nondominated
 from autoprune.search.spec import EarlyStoppingSpec
@@ -159,11 +160,13 @@ class Ledger:
             self.keep_checkpoint(number, kind, write_checkpoint)
         self._report(number, outcome, kind)
 
-    def start(self, number: int, kind: Kind, config: PruneConfig, settings: TrialSettings) -> None:
+    def start(
+        self, number: int, kind: Kind, config: PruneConfig, stage: Stage, fidelity: float
+    ) -> None:
         """Note what trial ``number`` is before it runs: its kind, configuration, stage and
         fidelity, so that every record carries them, an interrupted one too."""
-        attrs = {KIND: kind, CONFIG: config.to_dict(), STAGE: settings.stage}
-        self.note(number, {**attrs, FIDELITY: settings.fidelity})
+        attrs = {KIND: kind, CONFIG: config.to_dict(), STAGE: stage, FIDELITY: fidelity}
+        self.note(number, attrs)
 
     def record_not_run(self, number: int, status: Status, reason: str) -> None:
         """Record that started trial ``number`` failed, fell outside the size band, was an
@@ -172,6 +175,17 @@ class Ledger:
         self.study.tell(number, state=TrialState.FAIL)
         if status == "failed":
             log.warning("%s trial %d failed: %s", self.name, number, reason)
+
+    def record_screened(self, number: int, outcome: ScreenOutcome, survived: bool) -> None:
+        """Record screened trial ``number`` of a screening study (one objective: the fitness,
+        lower is better): a survivor of its generation's selection is complete with its
+        fitness; one selected out is stopped at the step where it fell (PRUNED)."""
+        status: Status = "complete" if survived else "stopped"
+        self.note(number, {**outcome.to_attrs(), STATUS: status})
+        if survived:
+            self.study.tell(number, [outcome.fitness])
+        else:
+            self.study.tell(number, state=TrialState.PRUNED)
 
     def rung_decision(self, number: int, step: int, metric: float, size: float) -> bool:
         """Record that trial ``number`` reached rung ``step`` at (``metric``, ``size``);

@@ -81,7 +81,8 @@ class Proposer:
         for _ in range(MAX_REJECTED_IN_A_ROW):
             trial = study.ask(self.distributions)
             config = self.space.to_config(trial.params)
-            self.ledger.start(trial.number, "search", config, self.settings)
+            settings = self.settings
+            self.ledger.start(trial.number, "search", config, settings.stage, settings.fidelity)
             try:
                 ratio = self.size_ratio(config)
             except PruneConfigError as error:

@@ -6,7 +6,7 @@ import fcntl
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -108,14 +108,15 @@ def study_name(spec: StudySpec, which: str) -> str:
 
 
 def open_study(
-    spec: StudySpec, storage: BaseStorage, which: str, direction: Direction
+    spec: StudySpec, storage: BaseStorage, which: str, directions: Sequence[Direction]
 ) -> optuna.Study:
-    """Create or reopen the run's ``search`` or ``baseline`` study, whose objectives are
-    (the task's metric in its ``direction``, the size ratio, minimized)."""
+    """Create or reopen one of the run's studies: ``search`` or ``baseline``, whose
+    objectives are (the task's metric in its direction, the size ratio, minimized), or a
+    screening study (one objective: the fitness, minimized)."""
     return optuna.create_study(
         storage=storage,
         study_name=study_name(spec, which),
-        directions=[StudyDirection[direction.upper()], StudyDirection.MINIMIZE],
+        directions=[StudyDirection[d.upper()] for d in directions],
         load_if_exists=True,
     )
 

@@ -31,7 +31,7 @@ import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import torch
 from torch import nn
@@ -42,11 +42,10 @@ from autoprune.engine.prune import PruneConfig, prune
 from autoprune.engine.recovery import Calibration, recover
 from autoprune.run.prepare import Prepared
 from autoprune.run.trial import SIZE_UNITS, Stage, flat_attrs
+from autoprune.search.spec import Fitness
 from autoprune.tasks.base import Batch, model_inputs
 from autoprune.tasks.data import Encoded
 
-Fitness = Literal["kl", "hidden", "loss", "metric"]
-"""What a screened candidate is scored by; lower is better for every kind (module docstring)."""
 FITNESSES: tuple[Fitness, ...] = get_args(Fitness)
 
 

@@ -11,6 +11,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from optuna.storages import BaseStorage
+
 from autoprune.engine.arch import describe
 from autoprune.engine.measure import SizeModel
 from autoprune.run.ledger import Ledger
@@ -33,6 +35,7 @@ class Session:
         space: The search space laid over the dense model.
         settings: What every trial shares besides the prepared work.
         sizes: The exact size of any configuration, without building it.
+        storage: The run's Optuna storage, which holds every study of the run.
         search: The ledger of the search's trials.
         baseline: The ledger of the baselines' trials.
     """
@@ -43,6 +46,7 @@ class Session:
     space: SearchSpace
     settings: TrialSettings
     sizes: SizeModel
+    storage: BaseStorage
     search: Ledger
     baseline: Ledger
 
@@ -88,13 +92,13 @@ def open_session(spec: StudySpec, run: RunDir, read_only: bool = False) -> Sessi
     space = SearchSpace(_search_space(spec, run, read_only), describe(prepared.model))
     if not read_only:
         save_study(spec, run.study_file)
-    search = open_study(spec, storage, SEARCH, task.direction)
+    search = open_study(spec, storage, SEARCH, [task.direction, "minimize"])
     # A resumed search seeds its controller anew, or it would propose its first trials again.
     seed = spec.controller.seed + 1_000_003 * len(search.get_trials(deepcopy=False))
     search.sampler = make_sampler(
         spec.controller.name, seed, spec.budget.trials, spec.controller.options
     )
-    baseline = open_study(spec, storage, BASELINE, task.direction)
+    baseline = open_study(spec, storage, BASELINE, [task.direction, "minimize"])
     if not read_only:
         for study in (search, baseline):
             study.set_user_attr("dense", prepared.dense.to_dict())
@@ -120,6 +124,7 @@ def open_session(spec: StudySpec, run: RunDir, read_only: bool = False) -> Sessi
         space=space,
         settings=TrialSettings.from_spec(spec, device),
         sizes=SizeModel.of(prepared.model, prepared.dense.size),
+        storage=storage,
         search=ledger(search, spec.budget.trials),
         baseline=ledger(baseline, None),
     )

@@ -24,6 +24,9 @@ from autoprune.tasks import TaskKind
 from autoprune.tasks.data import DataSpec
 
 BackendName = Literal["local", "ray"]
+Fitness = Literal["kl", "hidden", "loss", "metric"]
+"""What a screened candidate is scored by; lower is better for every kind
+(:mod:`autoprune.run.screen` says how each is measured)."""
 
 
 class StudyError(AutopruneError, ValueError):
@@ -71,13 +74,40 @@ class ObjectivesSpec(Section):
     size: SizeUnit = "prunable"
     min_size: float | None = Field(default=None, ge=0, le=1)
     max_size: float | None = Field(default=None, gt=0, le=1)
+    targets: list[float] = Field(
+        default=[],
+        description="sizes to search at exactly (a targeted search); empty: free size",
+    )
 
     @model_validator(mode="after")
     def _band(self) -> ObjectivesSpec:
         low, high = self.min_size, self.max_size
         if low is not None and high is not None and low >= high:
             raise ValueError(f"min_size ({low}) must be below max_size ({high})")
+        bad = [t for t in self.targets if not 0 < t < 1]
+        if bad or len(set(self.targets)) != len(self.targets):
+            raise ValueError(f"targets must be distinct sizes in (0, 1), got {self.targets}")
+        if self.targets and (low is not None or high is not None):
+            raise ValueError("give targets or a size band (min_size/max_size), not both")
         return self
+
+
+class ScreeningSpec(Section):
+    """A targeted search's retrain-free stage: many candidates per target, scored against
+    the dense model; the best few distinct ones (and the baselines' allocations) are then
+    retrained with ``retrain`` and judged on the search split."""
+
+    fitness: Fitness = Field(default="kl", description="kl, hidden, loss or metric")
+    candidates: int = Field(default=200, ge=1, description="candidates screened per target")
+    offspring: int = Field(default=16, ge=1, description="candidates per generation")
+    schedule: list[tuple[int, int]] = Field(
+        default=[(32, 4), (128, 1)],
+        description="multi-step selection: (calibration examples, survivors) per step",
+    )
+    recovery_examples: int = Field(
+        default=0, ge=0, description="pool examples a least-squares refit uses (0: none)"
+    )
+    finalists: int = Field(default=2, ge=1, description="distinct candidates retrained per target")
 
 
 class BudgetSpec(Section):
@@ -179,6 +209,7 @@ class StudySpec(Section):
     budget: BudgetSpec = BudgetSpec()
     retrain: RetrainSpec = RetrainSpec()
     early_stopping: EarlyStoppingSpec = EarlyStoppingSpec()
+    screening: ScreeningSpec = ScreeningSpec()
     baseline: BaselineSpec = BaselineSpec()
     backend: BackendSpec = BackendSpec()
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -1,0 +1,213 @@
+"""A targeted, multi-fidelity search: at each target size, screen many, retrain few.
+
+For each of ``objectives.targets``:
+
+1. **Screen.** The controller proposes allocations of exactly the target size (through a
+   :class:`~autoprune.search.targets.TargetEncoding`: level switches for ``evo``, decoded
+   weights for the others). A first generation evaluates the starts (the uniform
+   allocation, and for ``evo`` the global-importance one too). Then each generation of
+   ``screening.offspring`` candidates goes through EvoPress's multi-step selection
+   (:func:`autoprune.run.screen.select`): scored retrain-free on a small calibration slice,
+   the best few on a larger fresh one, and so on. Survivors are told to the controller
+   with their fitness on the last slice (the same slice for every generation, so fitnesses
+   compare); the others are recorded as stopped. Every candidate is recorded in the run's
+   storage, in the target's screening study, with stage ``screen`` and its fidelity (the
+   examples it was scored on).
+2. **Retrain.** The best ``screening.finalists`` distinct screened allocations, plus the
+   uniform and global-importance allocations (so the search can never hand back a model
+   worse on the search split than those baselines), are retrained with the study's recipe
+   and recorded in the search study with stage ``retrain`` and the target. The front is read
+   from these records only.
+
+Resuming continues each target where it stopped: screened candidates are not screened
+again, and finalists already retrained are not retrained.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import optuna
+
+from autoprune.engine.prune import PruneConfig
+from autoprune.run.execute import execute
+from autoprune.run.ledger import STATUS, TARGET, Ledger
+from autoprune.run.rundir import open_study
+from autoprune.run.screen import Screener, ScreenOutcome, screen_candidate, select
+from autoprune.run.session import Session
+from autoprune.search.budget import BudgetSpace
+from autoprune.search.controllers import make_sampler, validate_options
+from autoprune.search.targets import TargetEncoding
+
+log = logging.getLogger("autoprune")
+
+
+def screening_study_name(target: float) -> str:
+    """The suffix of the screening study of ``target`` (``screen-0.25``)."""
+    return f"screen-{target:g}"
+
+
+class TargetedSearch:
+    """Screens and retrains at every target of a session's study (see the module)."""
+
+    def __init__(self, session: Session) -> None:
+        spec = session.spec
+        self.session = session
+        self.spec = spec
+        self.space = BudgetSpace(session.sizes, spec.objectives.size)
+        self.screener = Screener(
+            session.prepared,
+            fitness=spec.screening.fitness,
+            recovery_examples=spec.screening.recovery_examples,
+            device=session.settings.device,
+        )
+        schedule = spec.screening.schedule
+        start = sum(n for n, _ in schedule[:-1])
+        self.final_slice = slice(start, start + schedule[-1][0])  # where survivors compare
+        self.fidelity = float(sum(n for n, _ in schedule))  # examples a candidate may see
+
+    def run(self) -> None:
+        """Screen, then retrain finalists, at every target in turn."""
+        for target in self.spec.objectives.targets:
+            ledger, encoding = self._screening(target)
+            self._screen(target, ledger, encoding)
+            self._retrain(target, ledger)
+
+    # -- screening -------------------------------------------------------------------------
+
+    def _screening(self, target: float) -> tuple[Ledger, TargetEncoding]:
+        """The target's screening study (fitness, minimized) with the study's controller
+        proposing through the target's encoding."""
+        spec, session = self.spec, self.session
+        study = open_study(spec, session.storage, screening_study_name(target), ["minimize"])
+        evo = spec.controller.name == "evo"
+        encoding = TargetEncoding(
+            self.space,
+            target,
+            "levels" if evo else "weights",
+            swaps=validate_options("evo", spec.controller.options).model_dump()["swaps"]
+            if evo
+            else 1,
+        )
+        done = len(study.get_trials(deepcopy=False))
+        study.sampler = make_sampler(
+            spec.controller.name,
+            spec.controller.seed + 1_000_003 * done,  # a resumed search proposes anew
+            spec.screening.candidates,
+            spec.controller.options,
+            mutation=encoding.mutate,
+        )
+        ledger = Ledger(
+            study,
+            task=session.prepared.task,
+            size_unit=spec.objectives.size,
+            run=session.run,
+            early_stopping=spec.early_stopping,
+        )
+        ledger.recover_interrupted()
+        return ledger, encoding
+
+    def _starts(self, target: float, encoding: TargetEncoding) -> list[dict[str, Any]]:
+        """The parameters of the first generation: the uniform allocation, and for ``evo``
+        its ``starts`` (uniform and the global-importance allocation by default)."""
+        spec = self.spec
+        names = ["uniform"]
+        if spec.controller.name == "evo":
+            names = validate_options("evo", spec.controller.options).model_dump()["starts"]
+        found = {
+            "uniform": self.space.at(target),
+            "global": self.space.global_allocation(self.session.prepared.scores, target),
+        }
+        starts = [encoding.params(found[name]) for name in dict.fromkeys(names)]
+        return [params for params in starts if params is not None]
+
+    def _screen(self, target: float, ledger: Ledger, encoding: TargetEncoding) -> None:
+        """Screen candidates at ``target`` until ``screening.candidates`` are recorded."""
+        study = ledger.study
+        screening = self.spec.screening
+        screened = sum(
+            t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            for t in study.get_trials(deepcopy=False)
+        )
+        if screened == 0:  # the first generation: the starts, on the survivors' slice
+            for params in self._starts(target, encoding):
+                study.enqueue_trial(params)
+                trial = study.ask(encoding.distributions())
+                config = encoding.config(trial.params)
+                ledger.start(trial.number, "search", config, "screen", self.fidelity)
+                outcome = screen_candidate(self.screener, config, self.final_slice)
+                ledger.record_screened(trial.number, outcome, survived=True)
+                screened += 1
+        started, first = time.perf_counter(), screened
+        last: dict[str, ScreenOutcome] = {}  # each candidate's outcome at its last step
+        while screened < screening.candidates:
+            size = min(screening.offspring, screening.candidates - screened)
+            trials = [study.ask(encoding.distributions()) for _ in range(size)]
+            configs = [encoding.config(t.params) for t in trials]
+            last.clear()
+            survivors = select(
+                self.screener,
+                configs,
+                screening.schedule,
+                on_outcome=lambda o: last.__setitem__(o.config.to_json(), o),
+            )
+            kept = {o.config.to_json() for o in survivors}
+            for trial, config in zip(trials, configs, strict=True):
+                key = config.to_json()
+                ledger.start(trial.number, "search", config, "screen", self.fidelity)
+                ledger.record_screened(trial.number, last[key], survived=key in kept)
+            screened += size
+            rate = (screened - first) / max(time.perf_counter() - started, 1e-9)
+            best = study.best_trial
+            log.info(
+                "target %g: %d/%d screened (%.1f/s), best %s %.4f (trial %d)",
+                target,
+                screened,
+                screening.candidates,
+                rate,
+                screening.fitness,
+                best.values[0],
+                best.number,
+            )
+
+    # -- retraining ------------------------------------------------------------------------
+
+    def _finalists(self, target: float, ledger: Ledger) -> list[PruneConfig]:
+        """The best ``screening.finalists`` distinct screened configurations, then the
+        uniform and global-importance allocations at ``target`` (duplicates dropped)."""
+        complete = ledger.study.get_trials(
+            deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
+        )
+        configs: dict[str, PruneConfig] = {}
+        for trial in sorted(complete, key=lambda t: t.values[0]):
+            if len(configs) == self.spec.screening.finalists:
+                break
+            config = PruneConfig.from_dict(trial.user_attrs["config"])
+            configs.setdefault(config.to_json(), config)
+        scores = self.session.prepared.scores
+        for allocation in (self.space.at(target), self.space.global_allocation(scores, target)):
+            config = self.space.to_config(allocation)
+            configs.setdefault(config.to_json(), config)
+        return list(configs.values())
+
+    def _retrain(self, target: float, screening: Ledger) -> None:
+        session = self.session
+        search = session.search
+        done = {
+            PruneConfig.from_dict(t.user_attrs["config"]).to_json()
+            for t in search.study.get_trials(deepcopy=False)
+            if t.user_attrs.get(STATUS) == "complete" and t.user_attrs.get(TARGET) == target
+        }
+        finalists = [c for c in self._finalists(target, screening) if c.to_json() not in done]
+        log.info(
+            "target %g: retraining %d finalist(s), %d already retrained",
+            target,
+            len(finalists),
+            len(done),
+        )
+        for config in finalists:
+            number = search.study.ask().number
+            search.note(number, {TARGET: target})
+            execute(session.prepared, session.settings, search, number, config, "search")

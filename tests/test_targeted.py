@@ -1,0 +1,117 @@
+"""The targeted, multi-fidelity search end to end on the tiny study: candidates of exactly
+the target size are screened retrain-free, the best few and the baselines' allocations are
+retrained, every record carries its stage and fidelity, and a resumed search neither screens
+a recorded candidate again nor retrains a finalist twice."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import tiny_study
+
+from autoprune import cli
+from autoprune.reports.results import load_run
+from autoprune.run.rundir import RunDir, open_storage, study_name
+from autoprune.run.session import open_run
+from autoprune.search.budget import BudgetSpace
+from autoprune.search.controllers.evo import EvolutionarySampler
+from autoprune.strategies.targeted import screening_study_name
+
+TARGET = 0.5
+SCREENING = {
+    "fitness": "kl",
+    "candidates": 6,
+    "offspring": 3,
+    "schedule": [[4, 2], [8, 1]],
+    "finalists": 1,
+}
+
+
+def screening_trials(run: Path) -> list[optuna.trial.FrozenTrial]:
+    spec = RunDir(run).load_spec()
+    storage = open_storage(RunDir(run).storage_url(spec))
+    name = study_name(spec, screening_study_name(TARGET))
+    return optuna.load_study(study_name=name, storage=storage).trials
+
+
+@pytest.fixture(scope="module")
+def targeted_run(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("targeted")
+    study = tiny_study(
+        directory,
+        controller={"name": "evo", "seed": 0, "options": {"swaps": 1}},
+        objectives={"size": "prunable", "targets": [TARGET]},
+        screening=SCREENING,
+    )
+    out = directory / "run"
+    assert cli.main(["-q", "search", str(study), "--out", str(out)]) == 0
+    return out
+
+
+def test_screening_records_candidates_of_the_target_size(targeted_run: Path) -> None:
+    trials = screening_trials(targeted_run)
+    assert len(trials) == SCREENING["candidates"]
+    states = {t.state.name for t in trials}
+    assert states <= {"COMPLETE", "PRUNED"} and "PRUNED" in states
+    tolerance = BudgetSpace(open_run(targeted_run).sizes, "prunable").tolerance
+    for trial in trials:
+        attrs = trial.user_attrs
+        assert attrs["stage"] == "screen" and attrs["fitness_kind"] == "kl"
+        assert attrs["fidelity"] in (8.0, 4.0)  # examples of the step where it was last scored
+        assert abs(attrs["ratio_prunable"] - TARGET) <= tolerance + 1e-9
+        assert attrs["fitness"] >= -1e-6  # a KL divergence, up to float rounding
+    # the first generation is the starts: the uniform and the global-importance allocations
+    assert trials[0].state.name == "COMPLETE" and trials[1].state.name == "COMPLETE"
+
+
+def test_finalists_and_baseline_allocations_are_retrained(targeted_run: Path, capsys) -> None:
+    run = load_run(targeted_run)
+    search = run.complete("search")
+    assert set(search["stage"]) == {"retrain"}
+    assert 2 <= len(search) <= SCREENING["finalists"] + 2  # the best, uniform, global
+    assert set(run.trials.loc[search.index, "target"]) == {TARGET}
+    assert cli.main(["pareto", str(targeted_run), "--format", "json"]) == 0
+    front = json.loads(capsys.readouterr().out)["front"]
+    assert front and all(point["stage"] == "retrain" for point in front)
+
+
+def test_a_resumed_targeted_search_screens_only_what_is_missing(
+    targeted_run: Path, tmp_path: Path
+) -> None:
+    run = Path(shutil.copytree(targeted_run, tmp_path / "run"))
+    before = screening_trials(run)
+    retrained = len(load_run(run).complete("search"))
+    more = ["-q", "search", str(run)]
+    study = RunDir(run).study_file
+    text = study.read_text().replace("candidates: 6", "candidates: 9")
+    study.write_text(text)
+    assert cli.main(more) == 0
+    after = screening_trials(run)
+    assert len(after) == 9
+    assert [t.params for t in after[: len(before)]] == [t.params for t in before]
+    finalists = load_run(run).complete("search")
+    configs = [json.dumps([h, f]) for h, f in zip(finalists["heads"], finalists["ffn"], strict=True)]
+    assert len(configs) == len(set(configs)) and len(finalists) >= retrained
+
+
+def test_every_evolutionary_child_is_a_mutation_of_the_best_so_far() -> None:
+    space = {f"x{i}": optuna.distributions.IntDistribution(0, 10) for i in range(4)}
+    study = optuna.create_study(sampler=EvolutionarySampler(seed=0, swaps=1))
+    study.enqueue_trial({name: 5 for name in space})
+    rng = random.Random(0)
+    for _ in range(30):
+        complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+        best = study.best_trial.params if complete else None
+        trial = study.ask(space)
+        if best is not None:
+            moved = sum(abs(trial.params[n] - best[n]) for n in space)
+            assert moved <= 1  # one step of one parameter from the best trial so far
+        study.tell(trial, sum((v - 2) ** 2 for v in trial.params.values()) + rng.random())
+    values = [t.value for t in study.trials]
+    best_so_far = [min(values[: i + 1]) for i in range(len(values))]
+    assert best_so_far[-1] < best_so_far[0]  # elitism makes progress on this bowl
