@@ -17,9 +17,10 @@ per kept unit and a new bias ``b'`` minimising, over the calibration tokens,
 and folds ``s`` into ``W``'s columns and ``b'`` into the bias (a projection without a bias
 keeps none and fits ``s`` alone). ``y_dense`` is the dense model's projection output; ``x`` is
 the pruned model's own input to the projection, every earlier block already refit, so each
-block is fitted to what it will really receive and absorbs what the blocks before it could
-not restore, instead of assuming dense inputs it never sees. The ridge term pulls towards the
-unscaled model (``s = 1``), never towards removing a unit.
+block is fitted to the inputs it will really receive rather than dense inputs it never sees.
+The target is the projection's output, not the residual sum it is added to: drift that the
+residual stream carries from earlier blocks is not corrected here. The ridge term pulls
+towards the unscaled model (``s = 1``), never towards removing a unit.
 """
 
 from __future__ import annotations
