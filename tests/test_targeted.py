@@ -95,7 +95,9 @@ def test_a_resumed_targeted_search_screens_only_what_is_missing(
     assert len(after) == 9
     assert [t.params for t in after[: len(before)]] == [t.params for t in before]
     finalists = load_run(run).complete("search")
-    configs = [json.dumps([h, f]) for h, f in zip(finalists["heads"], finalists["ffn"], strict=True)]
+    configs = [
+        json.dumps([h, f]) for h, f in zip(finalists["heads"], finalists["ffn"], strict=True)
+    ]
     assert len(configs) == len(set(configs)) and len(finalists) >= retrained
 
 
