@@ -17,6 +17,7 @@ BENCHMARKS = REPO / "benchmarks"
 CASES = {
     "latency": ([], "latency"),
     "early_stopping": ([], "early_stopping"),
+    "fidelity": ([], "fidelity"),
     "ray_throughput": ([], "ray_throughput"),
     "search_quality": (
         ["--tasks", "sst2", "--seeds", "1", "--trials", "2", "--free-trials", "2"],

@@ -1,0 +1,196 @@
+"""Fidelity study: do cheap, retrain-free scores rank pruned allocations as retraining does?
+
+MiniLM on SST-2 (``studies/bench_sst2.yaml``) at one target size (``--target``, a ratio of the
+prunable parameters). Allocations of exactly that size: the uniform one, the
+global-importance one, and more drawn two ways (half decoded from random weights, half the
+global allocation with a few to many levels switched between layers). Each is scored
+retrain-free by every screening fitness (``kl``, ``hidden``, ``loss`` on calibration examples
+of the training pool; ``metric``, the search-split accuracy, negated), then retrained with the
+study's recipe (distillation from the dense model), its search-split accuracy measured at
+several steps and its test accuracy at the end.
+
+Reported: the Spearman rank correlation, over the allocations, of each screening fitness
+(lower is better) with the negated final test accuracy, so a high correlation means the
+cheap score ranks as retraining does; and of the search accuracy at each retraining step
+with the final test accuracy (where rankings settle). Writes
+``benchmarks/results/fidelity.{json,md}``. Run: ``python benchmarks/fidelity.py`` (about 30
+minutes on 2 CPU cores with the defaults).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+from common import (
+    REPO,
+    RUNS,
+    SMOKE_OVERRIDES,
+    add_smoke_flag,
+    results_dir,
+    run_dir_sharing,
+    write_results,
+)
+from scipy.stats import spearmanr
+
+from autoprune.run.screen import Screener
+from autoprune.run.trial import TrialOutcome, run_trial
+from autoprune.search.budget import Allocation, BudgetSpace
+from autoprune.search.spec import Fitness
+from autoprune.workflow import opened_run
+
+STUDY = REPO / "studies" / "bench_sst2.yaml"
+FITNESSES: tuple[Fitness, ...] = ("kl", "hidden", "loss", "metric")
+
+log = logging.getLogger("autoprune")
+
+
+def allocations(space: BudgetSpace, scores: Any, target: float, count: int, seed: int) -> dict:
+    """``count`` distinct allocations of size ``target``: uniform, global, random, mutated."""
+    rng = random.Random(seed)
+    found = {"uniform": space.at(target), "global": space.global_allocation(scores, target)}
+    attempts = 0
+    while len(found) < count and attempts < 50 * count:
+        attempts += 1
+        if len(found) % 2 == 0:
+            weights = [rng.random() for _ in space.slots]
+            candidate = space.decode(weights, target)
+        else:
+            candidate = space.mutate(found["global"], target, rng, swaps=rng.choice((2, 6, 20)))
+        if candidate not in found.values():
+            found[f"draw-{len(found) - 1}"] = candidate
+    return found
+
+
+def rank_correlation(cheap: list[float], final: list[float]) -> float:
+    """Spearman's rho of two score lists (both: lower is better)."""
+    rho = spearmanr(cheap, final).statistic
+    return float(rho)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--target", type=float, default=0.25)
+    parser.add_argument("--allocations", type=int, default=12)
+    parser.add_argument("--calibration", type=int, default=256, help="pool examples scored")
+    parser.add_argument("--steps", type=int, default=100, help="retraining steps")
+    parser.add_argument("--checks", default="10,30,60", help="steps where search is measured")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=str(RUNS / "fidelity"))
+    parser.add_argument("--prepared", default=str(RUNS / "sst2" / "prepared"))
+    add_smoke_flag(parser)
+    args = parser.parse_args()
+    if args.smoke:
+        args.allocations, args.calibration, args.steps, args.checks = 4, 16, 4, "2"
+        args.prepared = str(Path(args.out) / "prepared")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    checks = tuple(int(c) for c in args.checks.split(","))
+    overrides: dict[str, Any] = {"baseline.ratios": [], **(SMOKE_OVERRIDES if args.smoke else {})}
+    overrides["retrain.steps"] = args.steps
+    out = run_dir_sharing(Path(args.out) / "run", Path(args.prepared))
+    started = time.perf_counter()
+    with opened_run(STUDY, out, overrides) as session:
+        prepared = session.prepared
+        space = BudgetSpace(session.sizes, "prunable")
+        chosen = allocations(space, prepared.scores, args.target, args.allocations, args.seed)
+        settings = dataclasses.replace(session.settings, rungs=checks)
+        screeners = {kind: Screener(prepared, fitness=kind) for kind in FITNESSES}
+        rows: list[dict[str, Any]] = []
+        for name, allocation in chosen.items():
+            rows.append(measure_one(name, allocation, space, screeners, settings, args))
+            log.info("fidelity: %d/%d allocations measured", len(rows), len(chosen))
+    final = [-row["test"] for row in rows]
+    report: dict[str, Any] = {
+        "command": "python benchmarks/fidelity.py",
+        "target": args.target,
+        "retrain_steps": args.steps,
+        "calibration_examples": args.calibration,
+        "rows": rows,
+        "spearman_screening": {
+            kind: rank_correlation([row["screen"][kind] for row in rows], final)
+            for kind in FITNESSES
+        },
+        "spearman_steps": {
+            str(step): rank_correlation([-row["search_at"][str(step)] for row in rows], final)
+            for step in checks
+        },
+        "minutes": (time.perf_counter() - started) / 60,
+    }
+    write_results("fidelity", report, markdown(report), results_dir(args.smoke, Path(args.out)))
+
+
+def measure_one(
+    name: str,
+    allocation: Allocation,
+    space: BudgetSpace,
+    screeners: dict[Fitness, Screener],
+    settings: Any,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Screen one allocation with every fitness, then retrain it and measure it."""
+    config = space.to_config(allocation)
+    screened = {}
+    for kind, screener in screeners.items():
+        examples = slice(0, min(args.calibration, screener.examples))
+        screened[kind] = screener.score(screener.candidate(config), examples)
+    search_at: dict[str, float] = {}
+
+    def at_rung(step: int, outcome: TrialOutcome) -> bool:
+        search_at[str(step)] = outcome.metric_search
+        return True
+
+    outcome, _ = run_trial(screeners["kl"].prepared, config, settings, at_rung)
+    return {
+        "allocation": name,
+        "heads": list(allocation.heads),
+        "ffn": list(allocation.neurons),
+        "size": space.size(allocation),
+        "screen": screened,
+        "search_before": outcome.metric_search_before,
+        "search_at": {**search_at, str(outcome.retrain_steps): outcome.metric_search},
+        "test": outcome.metric_test,
+        "seconds": outcome.seconds["total"],
+    }
+
+
+def markdown(report: dict[str, Any]) -> list[str]:
+    rows = report["rows"]
+    tests = [row["test"] for row in rows]
+    lines = [
+        f"MiniLM on SST-2, {len(rows)} allocations of size {report['target']} (prunable), "
+        f"each screened on {report['calibration_examples']} calibration examples and "
+        f"retrained {report['retrain_steps']} steps; `{report['command']}` "
+        f"({report['minutes']:.0f} minutes). Test accuracy after retraining: "
+        f"{min(tests):.4f} to {max(tests):.4f} (median {statistics.median(tests):.4f}).",
+        "",
+        "| cheap score | Spearman with the final test ranking |",
+        "|---|---|",
+    ]
+    for kind, rho in report["spearman_screening"].items():
+        lines.append(f"| screening `{kind}` | {rho:+.2f} |")
+    for step, rho in report["spearman_steps"].items():
+        lines.append(f"| search accuracy after {step} retraining steps | {rho:+.2f} |")
+    lines += [
+        "",
+        "| allocation | heads | ffn | kl | search before | test |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['allocation']} | {'-'.join(map(str, row['heads']))} | "
+            f"{'-'.join(map(str, row['ffn']))} | {row['screen']['kl']:.4f} | "
+            f"{row['search_before']:.4f} | {row['test']:.4f} |"
+        )
+    return lines
+
+
+if __name__ == "__main__":
+    main()
