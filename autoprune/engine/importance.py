@@ -60,7 +60,7 @@ def model_loss(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
 class Criterion(ABC):
     """An importance criterion: from a model (and data, where it needs it) to :class:`Scores`."""
 
-    name: ClassVar[str]
+    name: ClassVar[Method]
 
     @abstractmethod
     def score(self, model: PreTrainedModel, batches: Iterable[Batch], loss: Loss) -> Scores:
@@ -219,7 +219,7 @@ class RandomScores(Criterion):
         return Scores(self.name, heads, neurons, weights)
 
 
-CRITERIA: dict[str, type[Criterion]] = {
+CRITERIA: dict[Method, type[Criterion]] = {
     c.name: c for c in (Magnitude, Taylor, Fisher, RandomScores)
 }
 

@@ -87,7 +87,7 @@ def choose_trial(
     return reaching.sort_values("size").iloc[0]
 
 
-def _model_card(run: Run, row: pd.Series, measured: dict[str, float], size: dict) -> str:
+def _model_card(run: Run, row: pd.Series, measured: dict[str, float], size: dict[str, int]) -> str:
     metric = run.metric
     return "\n".join(
         [

@@ -206,7 +206,7 @@ def front_table(run: Run, kind: Kind = "search") -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def summary(run: Run) -> dict:
+def summary(run: Run) -> dict[str, Any]:
     """Hypervolumes and best points of the search and of every baseline kind present."""
     result: dict = {
         "dense": {

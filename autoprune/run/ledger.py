@@ -23,6 +23,7 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from autoprune.engine.measure import SizeUnit
 from autoprune.engine.prune import PruneConfig
 from autoprune.run.rundir import RunDir, write_atomically
 from autoprune.run.screen import ScreenOutcome
@@ -91,7 +92,7 @@ class Ledger:
         study: optuna.Study,
         *,
         task: Task,
-        size_unit: str,
+        size_unit: SizeUnit,
         run: RunDir,
         early_stopping: EarlyStoppingSpec,
         budget: int | None = None,

@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,8 @@ def _seal(directory: Path) -> None:
         pending.replace(directory / "fingerprint.json")
 
 
-def _cached_tensor(path: Path, compute: Any) -> torch.Tensor:
+def _cached_tensor(path: Path, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The tensor cached at ``path``, or ``compute()``'s, written there atomically."""
     if path.is_file():
         return load_file(str(path))["tensor"]
     tensor = compute()

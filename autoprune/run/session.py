@@ -11,6 +11,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
 from optuna.storages import BaseStorage
 
 from autoprune.engine.arch import describe
@@ -107,9 +108,9 @@ def open_session(spec: StudySpec, run: RunDir, read_only: bool = False) -> Sessi
             study.set_user_attr("size_unit", spec.objectives.size)
             study.set_user_attr("reference", task.reference)
 
-    def ledger(study: object, budget: int | None) -> Ledger:
+    def ledger(study: optuna.Study, budget: int | None) -> Ledger:
         return Ledger(
-            study,  # type: ignore[arg-type]
+            study,
             task=task,
             size_unit=spec.objectives.size,
             run=run,

@@ -38,11 +38,13 @@ class ControllerOptionsError(AutopruneError, ValueError):
     """``controller.options`` that the named controller does not take."""
 
 
-class _Options(BaseModel):
+class ControllerOptions(BaseModel):
+    """The options of a controller that takes none; the base of every options model."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class StartupOptions(_Options):
+class StartupOptions(ControllerOptions):
     """TPE and GP: random trials before the objectives are modelled."""
 
     n_startup_trials: int | None = Field(
@@ -54,7 +56,7 @@ class TPEOptions(StartupOptions):
     multivariate: bool = True
 
 
-class NSGAOptions(_Options):
+class NSGAOptions(ControllerOptions):
     """NSGA-II and NSGA-III: generation size and variation."""
 
     population_size: int | None = Field(
@@ -64,7 +66,7 @@ class NSGAOptions(_Options):
     mutation_prob: float | None = Field(default=None, ge=0, le=1)
 
 
-class RLOptions(_Options):
+class RLOptions(ControllerOptions):
     """The policy-gradient controller's settings (see :class:`PolicyGradientSampler`)."""
 
     learning_rate: float = Field(default=1.0, gt=0)
@@ -74,7 +76,7 @@ class RLOptions(_Options):
     sigma: float = Field(default=0.3, gt=0)
 
 
-class EvoOptions(_Options):
+class EvoOptions(ControllerOptions):
     """The elitist evolution's settings (see :class:`EvolutionarySampler`)."""
 
     swaps: int = Field(default=2, ge=1, description="levels moved per child")
@@ -139,7 +141,7 @@ def _rl(
 
 
 def _random(
-    options: _Options, seed: int, budget: int | None, mutation: Mutation | None
+    options: ControllerOptions, seed: int, budget: int | None, mutation: Mutation | None
 ) -> BaseSampler:
     return RandomSampler(seed=seed)
 
@@ -162,7 +164,7 @@ class Controller:
             budget-preserving level switch of a targeted search).
     """
 
-    options: type[_Options]
+    options: type[ControllerOptions]
     build: Callable[[Any, int, int | None, Mutation | None], BaseSampler]
 
 
@@ -172,13 +174,13 @@ REGISTRY: dict[ControllerName, Controller] = {
     "nsga2": Controller(NSGAOptions, _nsga2),
     "nsga3": Controller(NSGAOptions, _nsga3),
     "rl": Controller(RLOptions, _rl),
-    "random": Controller(_Options, _random),
+    "random": Controller(ControllerOptions, _random),
     "evo": Controller(EvoOptions, _evo),
 }
 CONTROLLERS: tuple[ControllerName, ...] = get_args(ControllerName)
 
 
-def validate_options(name: ControllerName, options: Mapping[str, Any]) -> _Options:
+def validate_options(name: ControllerName, options: Mapping[str, Any]) -> ControllerOptions:
     """``options`` checked against controller ``name``'s model; raises
     :class:`ControllerOptionsError` naming each bad key and what it allows."""
     if name not in REGISTRY:
