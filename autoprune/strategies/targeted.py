@@ -38,7 +38,7 @@ from autoprune.run.rundir import open_study
 from autoprune.run.screen import Screener, ScreenOutcome, screen_candidate, select
 from autoprune.run.session import Session
 from autoprune.search.budget import BudgetSpace
-from autoprune.search.controllers import make_sampler, validate_options
+from autoprune.search.controllers import EvoOptions, make_sampler
 from autoprune.search.targets import TargetEncoding
 
 log = logging.getLogger("autoprune")
@@ -82,14 +82,12 @@ class TargetedSearch:
         proposing through the target's encoding."""
         spec, session = self.spec, self.session
         study = open_study(spec, session.storage, screening_study_name(target), ["minimize"])
-        evo = spec.controller.name == "evo"
+        evo = self._evo_options()
         encoding = TargetEncoding(
             self.space,
             target,
-            "levels" if evo else "weights",
-            swaps=validate_options("evo", spec.controller.options).model_dump()["swaps"]
-            if evo
-            else 1,
+            "levels" if evo is not None else "weights",
+            swaps=evo.swaps if evo is not None else 1,
         )
         done = len(study.get_trials(deepcopy=False))
         study.sampler = make_sampler(
@@ -109,13 +107,16 @@ class TargetedSearch:
         ledger.recover_interrupted()
         return ledger, encoding
 
+    def _evo_options(self) -> EvoOptions | None:
+        """The evolutionary controller's options, or None for another controller."""
+        controller = self.spec.controller
+        return EvoOptions.model_validate(controller.options) if controller.name == "evo" else None
+
     def _starts(self, target: float, encoding: TargetEncoding) -> list[dict[str, Any]]:
         """The parameters of the first generation: the uniform allocation, and for ``evo``
         its ``starts`` (uniform and the global-importance allocation by default)."""
-        spec = self.spec
-        names = ["uniform"]
-        if spec.controller.name == "evo":
-            names = validate_options("evo", spec.controller.options).model_dump()["starts"]
+        evo = self._evo_options()
+        names = evo.starts if evo is not None else ["uniform"]
         found = {
             "uniform": self.space.at(target),
             "global": self.space.global_allocation(self.session.prepared.scores, target),
@@ -146,6 +147,8 @@ class TargetedSearch:
             size = min(screening.offspring, screening.candidates - screened)
             trials = [study.ask(encoding.distributions()) for _ in range(size)]
             configs = [encoding.config(t.params) for t in trials]
+            for trial, config in zip(trials, configs, strict=True):
+                ledger.start(trial.number, "search", config, "screen", self.fidelity)
             last.clear()
             survivors = select(
                 self.screener,
@@ -156,7 +159,6 @@ class TargetedSearch:
             kept = {o.config.to_json() for o in survivors}
             for trial, config in zip(trials, configs, strict=True):
                 key = config.to_json()
-                ledger.start(trial.number, "search", config, "screen", self.fidelity)
                 ledger.record_screened(trial.number, last[key], survived=key in kept)
             screened += size
             rate = (screened - first) / max(time.perf_counter() - started, 1e-9)
