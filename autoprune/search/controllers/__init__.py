@@ -86,6 +86,10 @@ class EvoOptions(ControllerOptions):
     )
 
 
+Builder = Callable[[Any, int, int | None, Mutation | None], BaseSampler]
+"""``build(options, seed, budget, mutation)``: a controller's seeded sampler."""
+
+
 def population_size(budget: int | None) -> int:
     """NSGA's generation size: a fifth of the trial budget, within [8, 50] (Optuna's default)."""
     return 50 if budget is None else min(50, max(8, budget // 5))
@@ -110,28 +114,22 @@ def _gp(
     return GPSampler(seed=seed, n_startup_trials=options.n_startup_trials or startup_trials(budget))
 
 
-def _nsga2(
-    options: NSGAOptions, seed: int, budget: int | None, mutation: Mutation | None
-) -> BaseSampler:
-    return NSGAIISampler(
-        seed=seed,
-        population_size=options.population_size or population_size(budget),
-        crossover_prob=options.crossover_prob,
-        mutation_prob=options.mutation_prob,
-    )
+def _nsga(sampler: type[NSGAIISampler] | type[NSGAIIISampler]) -> Builder:
+    """The builder of NSGA-II or NSGA-III (experimental in Optuna; we accept that)."""
 
+    def build(
+        options: NSGAOptions, seed: int, budget: int | None, mutation: Mutation | None
+    ) -> BaseSampler:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return sampler(
+                seed=seed,
+                population_size=options.population_size or population_size(budget),
+                crossover_prob=options.crossover_prob,
+                mutation_prob=options.mutation_prob,
+            )
 
-def _nsga3(
-    options: NSGAOptions, seed: int, budget: int | None, mutation: Mutation | None
-) -> BaseSampler:
-    with warnings.catch_warnings():  # experimental in Optuna; we accept that
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return NSGAIIISampler(
-            seed=seed,
-            population_size=options.population_size or population_size(budget),
-            crossover_prob=options.crossover_prob,
-            mutation_prob=options.mutation_prob,
-        )
+    return build
 
 
 def _rl(
@@ -165,14 +163,14 @@ class Controller:
     """
 
     options: type[ControllerOptions]
-    build: Callable[[Any, int, int | None, Mutation | None], BaseSampler]
+    build: Builder
 
 
 REGISTRY: dict[ControllerName, Controller] = {
     "tpe": Controller(TPEOptions, _tpe),
     "gp": Controller(StartupOptions, _gp),
-    "nsga2": Controller(NSGAOptions, _nsga2),
-    "nsga3": Controller(NSGAOptions, _nsga3),
+    "nsga2": Controller(NSGAOptions, _nsga(NSGAIISampler)),
+    "nsga3": Controller(NSGAOptions, _nsga(NSGAIIISampler)),
     "rl": Controller(RLOptions, _rl),
     "random": Controller(ControllerOptions, _random),
     "evo": Controller(EvoOptions, _evo),
