@@ -72,6 +72,9 @@ class LowerIsBetter(Task):
     def teacher_targets(self, model, batch):  # noqa: ANN001, ANN201
         raise NotImplementedError
 
+    def divergence(self, model, batch, teacher):  # noqa: ANN001, ANN201
+        raise NotImplementedError
+
     def evaluate(self, model, data):  # noqa: ANN001, ANN201
         raise NotImplementedError
 
