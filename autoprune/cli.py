@@ -17,7 +17,7 @@ from autoprune.reports.results import TableFormat
 from autoprune.run.baselines import TARGET_KINDS, TargetKind
 from autoprune.run.ledger import KINDS, Kind
 from autoprune.search.controllers import CONTROLLERS
-from autoprune.search.spec import BackendName
+from autoprune.search.spec import BackendName, StudyError
 
 log = logging.getLogger("autoprune")
 
@@ -101,6 +101,25 @@ def _pareto(args: argparse.Namespace) -> None:
     print(render(load_run(args.run), args.format, args.kind))
 
 
+def _compare(args: argparse.Namespace) -> None:
+    from autoprune.reports.compare import target_table
+    from autoprune.reports.results import load_run
+
+    run = load_run(args.run)
+    table = target_table(run, args.resamples)
+    if table.empty:
+        raise StudyError(f"{args.run}: no trial was built for a target size (objectives.targets)")
+    if args.format == "json":
+        print(table.to_json(orient="records", indent=2))
+    elif args.format == "csv":
+        print(table.to_csv(index=False), end="")
+    else:
+        print(
+            f"{run.metric} at each target, test split (held out); dense {run.dense.metric_test:.4f}"
+        )
+        print(table.to_string(index=False))
+
+
 def _plot(args: argparse.Namespace) -> None:
     from autoprune.reports.plots import plot
     from autoprune.reports.results import load_run
@@ -168,8 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         choices=TARGET_KINDS,
         help="the baseline built for each of --targets: uniform (every layer keeps the same "
-        "fraction) or global (heads and neurons ranked across layers by importance per "
-        "cost); repeat for both",
+        "fraction), layer-uniform (the same heads in every layer, the count that screens "
+        "best) or global (heads and neurons ranked across layers by importance per cost); "
+        "repeat for several",
     )
     baseline.set_defaults(handler=_baseline)
 
@@ -178,6 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     pareto.add_argument("--format", choices=get_args(TableFormat), default="table")
     pareto.add_argument("--kind", choices=KINDS, default="search")
     pareto.set_defaults(handler=_pareto)
+
+    compare = commands.add_parser(
+        "compare",
+        help="at each target size: the searched model beside the baselines on the test split",
+    )
+    compare.add_argument("run")
+    compare.add_argument("--format", choices=get_args(TableFormat), default="table")
+    compare.add_argument(
+        "--resamples", type=int, default=1000, help="bootstrap resamples of the test examples"
+    )
+    compare.set_defaults(handler=_compare)
 
     plot = commands.add_parser("plot", help="write pareto.png and pareto.html")
     plot.add_argument("run")

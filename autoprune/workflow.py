@@ -115,9 +115,9 @@ def run_baselines(
     targets: Sequence[tuple[TargetKind, float]] = (),
 ) -> Path:
     """Train the uniform ratios, the layer-uniform grid (every head ratio with every
-    feed-forward ratio) and the ``(kind, target size)`` baselines (``uniform`` or
-    ``global``; sizes in the study's size unit) into the run of ``study``; returns the run
-    directory. Baselines already recorded are not trained again.
+    feed-forward ratio) and the ``(kind, target size)`` baselines (``uniform``,
+    ``layer-uniform`` or ``global``; sizes in the study's size unit) into the run of
+    ``study``; returns the run directory. Baselines already recorded are not trained again.
 
     Raises:
         BudgetError: If a target size cannot be met, before anything is trained.

@@ -6,8 +6,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import yaml
+
 from autoprune import cli
 from autoprune.reports.results import load_run
+from autoprune.run.rundir import RunDir
 
 
 def test_each_baseline_kind_keeps_and_exports_its_own_front(
@@ -55,18 +58,26 @@ def test_global_and_uniform_baselines_at_target_sizes(
     from autoprune.search.budget import BudgetSpace
 
     run_dir = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    study = RunDir(run_dir).study_file
+    layer_uniform = ["-q", "baseline", str(run_dir), "--kind", "layer-uniform", "--targets", "0.5"]
+    assert cli.main(layer_uniform) == 2  # the default screening needs 160 search examples
+    assert "screening.schedule: its last step scores examples 32 to 160" in capsys.readouterr().err
+    resolved = yaml.safe_load(study.read_text())
+    resolved["screening"]["schedule"] = [[8, 2], [12, 1]]  # within the 20 search examples
+    study.write_text(yaml.safe_dump(resolved))
     command = ["-q", "baseline", str(run_dir), "--kind", "global", "--kind", "uniform"]
-    command += ["--targets", ",".join(map(str, TARGETS))]
+    command += ["--kind", "layer-uniform", "--targets", ",".join(map(str, TARGETS))]
     assert cli.main(command) == 0
     printed = capsys.readouterr().out
     assert "global front" in printed and "uniform front" in printed
     run = load_run(run_dir)
     space = BudgetSpace(open_run(run_dir).sizes, run.size_unit)
-    for kind in ("global", "uniform"):  # and no uniform ratios besides the targets
+    for kind in ("global", "uniform", "layer-uniform"):  # and no ratios besides the targets
         trials = run.complete(kind)
         assert sorted(trials["target"]) == sorted(TARGETS), kind
         for size, target in zip(trials["size"], trials["target"], strict=True):
             assert abs(size - target) <= space.tolerance + 1e-12, (kind, target)
+    assert all(len(set(heads)) == 1 for heads in run.complete("layer-uniform")["heads"])
     assert set(run.trials[run.trials["kind"] == "global"]["status"]) == {"complete"}
 
     assert cli.main(["pareto", str(run_dir), "--kind", "global", "--format", "json"]) == 0
@@ -82,6 +93,7 @@ def test_global_and_uniform_baselines_at_target_sizes(
 
     assert cli.main(command) == 0  # all recorded: nothing is trained again
     assert len(load_run(run_dir).complete("global")) == len(TARGETS)
+    assert len(load_run(run_dir).complete("layer-uniform")) == len(TARGETS)
 
 
 def test_target_baselines_refuse_bad_arguments(tiny_run: Path, tmp_path: Path, capsys) -> None:

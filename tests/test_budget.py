@@ -208,6 +208,31 @@ def test_global_allocation_keeps_the_best_scored_units(bert) -> None:
     assert_within(space, allocation, 0.3)
 
 
+@pytest.mark.parametrize("unit", UNITS)
+def test_layer_uniform_allocations_are_the_same_in_every_layer_and_on_target(
+    bert, llama, unit: SizeUnit
+) -> None:
+    for model in (bert, llama):
+        space = space_of(model, unit)
+        for target in targets(space, 7)[1:-1]:
+            choices = space.layer_uniform_choices(target)
+            assert choices, f"no layer-uniform allocation at {target}"
+            assert len({c.heads for c in choices}) == len(choices)  # one per head count
+            for allocation in choices:
+                assert_within(space, allocation, target)
+                assert len(set(allocation.heads)) == 1
+                levels = space.levels_of(allocation)[space.arch.num_layers :]
+                assert max(levels) - min(levels) <= 1
+
+
+def test_layer_uniform_refuses_what_cannot_meet_the_target(bert) -> None:
+    space = space_of(bert)
+    with pytest.raises(BudgetError, match="with 4 heads in every layer the size is"):
+        space.layer_uniform(4, 0.2)  # every head kept is more than 0.2
+    with pytest.raises(BudgetError, match="heads=5 is not on the budget grid"):
+        space.layer_uniform(5, 0.5)
+
+
 def test_bad_input_is_named(bert) -> None:
     sizes = SizeModel.of(bert, autoprune.measure(bert, SEQ_LEN))
     with pytest.raises(BudgetError, match="'nonzero' counts unstructured sparsity"):

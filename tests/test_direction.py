@@ -75,7 +75,10 @@ class LowerIsBetter(Task):
     def divergence(self, model, batch, teacher):  # noqa: ANN001, ANN201
         raise NotImplementedError
 
-    def evaluate(self, model, data):  # noqa: ANN001, ANN201
+    def example_outputs(self, model, data):  # noqa: ANN001, ANN201
+        raise NotImplementedError
+
+    def metric_of(self, outputs, data):  # noqa: ANN001, ANN201
         raise NotImplementedError
 
     @property

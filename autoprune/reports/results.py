@@ -7,7 +7,7 @@ of the chosen trials stand beside them. That is what a user should read as the r
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +16,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from autoprune.engine.measure import SizeUnit
-from autoprune.run.ledger import KIND, KINDS, TARGET, Kind, checkpoint_error, status_of
+from autoprune.run.ledger import KIND, KINDS, ORIGINS, TARGET, Kind, checkpoint_error, status_of
 from autoprune.run.prepare import DenseRecord
 from autoprune.run.rundir import BASELINE, SEARCH, RunDir, study_name
 from autoprune.run.trial import SIZE_UNITS
@@ -41,6 +41,8 @@ class Run:
         direction: ``maximize`` when the metric goes up (accuracy), ``minimize`` when it goes
             down (perplexity).
         reference: The hypervolume's reference metric (chance level, or a stated cap).
+        test_outputs: Each complete trial's per-example outputs on the test split, by
+            ``(study, trial)`` (what paired comparisons read: :mod:`autoprune.reports.compare`).
     """
 
     path: Path
@@ -50,6 +52,7 @@ class Run:
     metric: str
     direction: Direction
     reference: float
+    test_outputs: dict[tuple[str, int], list[float]] = field(default_factory=dict)
 
     @property
     def higher_is_better(self) -> bool:
@@ -92,12 +95,24 @@ class Run:
         ordered = fitting.sort_values("metric_search", ascending=self.higher_is_better)
         return ordered.iloc[-1]
 
+    def best_at(self, target: float, kind: Kind = "search") -> pd.Series | None:
+        """The complete trial of ``kind`` built for ``target`` (a targeted search's finalist,
+        or a baseline at that target) with the best search metric; None if there is none.
+        This is the choice a user of a targeted search gets: made on the search split."""
+        rows = self.complete(kind)
+        rows = rows[rows["target"] == target]
+        if rows.empty:
+            return None
+        ordered = rows.sort_values("metric_search", ascending=self.higher_is_better)
+        return ordered.iloc[-1]
+
 
 COLUMNS = [
     "study",
     "trial",
     "kind",
     "target",
+    "origins",
     "status",
     "stage",
     "fidelity",
@@ -132,6 +147,7 @@ def _rows(study: optuna.Study, which: str, size_unit: SizeUnit) -> list[dict[str
                 "trial": trial.number,
                 "kind": attrs.get(KIND, "search" if which == SEARCH else "uniform"),
                 "target": attrs.get(TARGET),
+                "origins": attrs.get(ORIGINS),
                 "status": status_of(trial)
                 or ("running" if trial.state == TrialState.RUNNING else trial.state.name.lower()),
                 "stage": attrs.get("stage"),
@@ -169,6 +185,12 @@ def load_run(path: str | Path) -> Run:
         baseline, BASELINE, spec.objectives.size
     )
     trials = pd.DataFrame(rows, columns=COLUMNS)
+    outputs = {
+        (which, trial.number): trial.user_attrs["test_outputs"]
+        for which, study in ((SEARCH, search), (BASELINE, baseline))
+        for trial in study.get_trials(deepcopy=False)
+        if trial.user_attrs.get("test_outputs") is not None
+    }
     return Run(
         path=run.path,
         spec=spec,
@@ -177,6 +199,7 @@ def load_run(path: str | Path) -> Run:
         metric=str(search.user_attrs["metric"]),
         direction=search.user_attrs["direction"],
         reference=float(search.user_attrs["reference"]),
+        test_outputs=outputs,
     )
 
 

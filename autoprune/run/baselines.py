@@ -5,6 +5,12 @@ target size, every layer keeping the same fraction of its cost
 (:meth:`~autoprune.search.budget.BudgetSpace.at`).
 ``layer-uniform``: one configuration in every layer, head and feed-forward ratios chosen
 independently (a grid).
+For a target size, ``layer-uniform`` keeps the same heads in every layer and shares the rest
+evenly among the feed-forward blocks
+(:meth:`~autoprune.search.budget.BudgetSpace.layer_uniform`); of the head counts that can
+meet the target, the one whose allocation screens best (the study's screening fitness, on the
+examples where a targeted search compares its survivors) is trained. Those screenings are not
+recorded.
 ``global``: for a target size, the heads and neurons of every layer ranked together by the
 study's importance scores per unit of cost
 (:meth:`~autoprune.search.budget.BudgetSpace.global_allocation`).
@@ -23,11 +29,13 @@ from autoprune.engine.arch import describe
 from autoprune.engine.prune import PruneConfig
 from autoprune.run.execute import execute
 from autoprune.run.ledger import KIND, STATUS, TARGET, Kind
+from autoprune.run.screen import Screener, last_stage, screen_candidate
 from autoprune.run.session import Session
 from autoprune.search.budget import BudgetSpace
+from autoprune.search.spec import StudyError
 
-TargetKind = Literal["uniform", "global"]
-TARGET_KINDS: tuple[TargetKind, ...] = ("uniform", "global")
+TargetKind = Literal["uniform", "layer-uniform", "global"]
+TARGET_KINDS: tuple[TargetKind, ...] = ("uniform", "layer-uniform", "global")
 
 log = logging.getLogger("autoprune")
 
@@ -69,11 +77,45 @@ def baseline_configs(
         space = BudgetSpace(session.sizes, session.spec.objectives.size)
         for kind, target in targets:
             if kind == "global":
-                allocation = space.global_allocation(session.prepared.scores, target)
+                config = space.to_config(space.global_allocation(session.prepared.scores, target))
+            elif kind == "layer-uniform":
+                config = _best_screened(session, space, target)
             else:
-                allocation = space.at(target)
-            baselines.append(Baseline(kind, space.to_config(allocation), target))
+                config = space.to_config(space.at(target))
+            baselines.append(Baseline(kind, config, target))
     return baselines
+
+
+def _best_screened(session: Session, space: BudgetSpace, target: float) -> PruneConfig:
+    """Of the layer-uniform allocations at ``target``, the one with the best screening
+    fitness (the study's ``screening`` settings)."""
+    screening = session.spec.screening
+    screener = Screener(
+        session.prepared,
+        fitness=screening.fitness,
+        recovery_examples=screening.recovery_examples,
+        device=session.settings.device,
+    )
+    examples = last_stage(screening.schedule)
+    if examples.stop > screener.examples:
+        raise StudyError(
+            f"screening.schedule: its last step scores examples {examples.start} to "
+            f"{examples.stop}, the screening split holds {screener.examples}"
+        )
+    outcomes = [
+        screen_candidate(screener, space.to_config(allocation), examples)
+        for allocation in space.layer_uniform_choices(target)
+    ]
+    best = min(outcomes, key=lambda outcome: outcome.fitness)
+    log.info(
+        "layer-uniform at %g: %d head count(s) screened, %s heads per layer kept (%s %.4f)",
+        target,
+        len(outcomes),
+        best.config.heads[0],
+        screening.fitness,
+        best.fitness,
+    )
+    return best.config
 
 
 def train_baselines(session: Session, baselines: Sequence[Baseline]) -> None:

@@ -40,6 +40,7 @@ KINDS: tuple[Kind, ...] = ("search", "uniform", "layer-uniform", "global")
 STATUS = "status"
 KIND = "kind"
 TARGET = "target"  # the size a baseline was built for, where it was built for one
+ORIGINS = "origins"  # where a targeted search's finalist came from: screened, uniform, global
 STAGE = "stage"
 FIDELITY = "fidelity"
 FAILURE = "failure"

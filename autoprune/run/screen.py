@@ -306,3 +306,11 @@ def select(
         survivors = [o.config for o in ranked]
         start += n
     return ranked
+
+
+def last_stage(schedule: Sequence[tuple[int, int]]) -> slice:
+    """The examples that :func:`select`'s last stage of ``schedule`` reads: where its
+    survivors are compared, and where any other candidate should be scored to compare
+    with them."""
+    start = sum(n for n, _ in schedule[:-1])
+    return slice(start, start + schedule[-1][0])

@@ -85,6 +85,9 @@ class TrialOutcome:
         fidelity: The stage's fidelity (retraining steps planned).
         rungs: The search metric at each rung reached, by step.
         stopped_at: The rung where early stopping ended the trial, or None.
+        test_outputs: The task's per-example outputs on the test split
+            (:meth:`~autoprune.tasks.Task.example_outputs`), from which paired comparisons
+            between trials are computed; None where ``metric_test`` is.
     """
 
     config: PruneConfig
@@ -99,6 +102,7 @@ class TrialOutcome:
     fidelity: float = 0.0
     rungs: dict[str, float] = field(default_factory=dict)
     stopped_at: int | None = None
+    test_outputs: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; :meth:`from_dict` reads it back."""
@@ -199,6 +203,8 @@ def run_trial(
         outcome.metric_search = outcome.rungs[str(outcome.stopped_at)]
     else:
         outcome.metric_search = task.evaluate(model, data.search) if steps else before
-        outcome.metric_test = task.evaluate(model, data.test)
+        test_outputs = task.example_outputs(model, data.test)
+        outcome.metric_test = task.metric_of(test_outputs, data.test)
+        outcome.test_outputs = test_outputs.tolist()
     outcome.seconds = seconds(retrained_at, time.perf_counter())
     return outcome, model.cpu()

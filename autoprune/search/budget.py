@@ -359,6 +359,58 @@ class BudgetSpace:
             levels[index] += -1 if remove else 1
             kept += cost
 
+    def layer_uniform(self, heads: int, target: float) -> Allocation:
+        """The allocation of size ``target`` that keeps ``heads`` query heads in every layer
+        and shares the rest evenly among the feed-forward blocks: every block keeps the same
+        number of levels, or one more (the earlier layers first).
+
+        Guarantees ``|size - target| <= tolerance`` and the same heads in every layer.
+
+        Raises:
+            BudgetError: If ``heads`` is not on every layer's grid, or ``target`` cannot be
+                met with ``heads`` heads in every layer.
+        """
+        budget = self._budget(target)
+        levels = [slot.level_of(heads) if slot.dimension == "heads" else 0 for slot in self.slots]
+        ffn = [i for i, slot in enumerate(self.slots) if slot.dimension == "ffn"]
+        kept = self._kept(levels)
+        while kept < budget:
+            growing = [i for i in ffn if levels[i] < self.slots[i].levels]
+            if not growing:
+                break
+            index = min(growing, key=lambda i: (levels[i], i))
+            cost = self.slots[index].step(levels[index] + 1)
+            if abs(kept + cost - budget) > abs(kept - budget):
+                break
+            levels[index] += 1
+            kept += cost
+        if abs(kept - budget) > self.unit_cost / 2:
+            raise BudgetError(
+                f"target {target}: with {heads} heads in every layer the size is "
+                f"{(kept + self._empty) / self._dense:.4f}; the feed-forward blocks cannot "
+                "make up the difference"
+            )
+        return self.from_levels(levels)
+
+    def layer_uniform_choices(self, target: float) -> list[Allocation]:
+        """Every :meth:`layer_uniform` allocation of size ``target``, one per head count
+        that can meet it (fewest heads first).
+
+        Raises:
+            BudgetError: If ``target`` is below :attr:`smallest` or above 1.
+        """
+        self._budget(target)
+        head_counts = set.intersection(
+            *(set(slot.counts) for slot in self.slots if slot.dimension == "heads")
+        )
+        choices = []
+        for heads in sorted(head_counts):
+            try:
+                choices.append(self.layer_uniform(heads, target))
+            except BudgetError:
+                continue
+        return choices
+
     def global_allocation(self, scores: Scores, target: float) -> Allocation:
         """The allocation of size ``target`` that keeps the most importance per cost.
 

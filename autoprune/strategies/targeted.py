@@ -16,8 +16,9 @@ For each of ``objectives.targets``:
 2. **Retrain.** The best ``screening.finalists`` distinct screened allocations, plus the
    uniform and global-importance allocations (so the search can never hand back a model
    worse on the search split than those baselines), are retrained with the study's recipe
-   and recorded in the search study with stage ``retrain`` and the target. The front is read
-   from these records only.
+   and recorded in the search study with stage ``retrain``, the target and their origins
+   (``screened``, ``uniform``, ``global``). The front is read from these records only; the
+   model a user gets at a target is the finalist with the best search metric.
 
 Resuming continues each target where it stopped: screened candidates are not screened
 again, and finalists already retrained are not retrained.
@@ -33,9 +34,15 @@ import optuna
 
 from autoprune.engine.prune import PruneConfig
 from autoprune.run.execute import execute
-from autoprune.run.ledger import STATUS, TARGET, Ledger
+from autoprune.run.ledger import ORIGINS, STATUS, TARGET, Ledger
 from autoprune.run.rundir import open_study
-from autoprune.run.screen import Screener, ScreenOutcome, screen_candidate, select
+from autoprune.run.screen import (
+    Screener,
+    ScreenOutcome,
+    last_stage,
+    screen_candidate,
+    select,
+)
 from autoprune.run.session import Session
 from autoprune.search.budget import BudgetSpace
 from autoprune.search.controllers import EvoOptions, make_sampler
@@ -64,8 +71,7 @@ class TargetedSearch:
             device=session.settings.device,
         )
         schedule = spec.screening.schedule
-        start = sum(n for n, _ in schedule[:-1])
-        self.final_slice = slice(start, start + schedule[-1][0])  # where survivors compare
+        self.final_slice = last_stage(schedule)  # where survivors compare
         self.fidelity = float(sum(n for n, _ in schedule))  # examples a candidate may see
 
     def run(self) -> None:
@@ -176,23 +182,31 @@ class TargetedSearch:
 
     # -- retraining ------------------------------------------------------------------------
 
-    def _finalists(self, target: float, ledger: Ledger) -> list[PruneConfig]:
+    def _finalists(self, target: float, ledger: Ledger) -> list[tuple[PruneConfig, list[str]]]:
         """The best ``screening.finalists`` distinct screened configurations, then the
-        uniform and global-importance allocations at ``target`` (duplicates dropped)."""
+        uniform and global-importance allocations at ``target``; each once, with where it
+        came from (``screened``, ``uniform``, ``global``: one or several)."""
         complete = ledger.study.get_trials(
             deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
         )
         configs: dict[str, PruneConfig] = {}
+        origins: dict[str, list[str]] = {}
+        found: list[tuple[str, PruneConfig]] = []
         for trial in sorted(complete, key=lambda t: t.values[0]):
-            if len(configs) == self.spec.screening.finalists:
+            if len(found) == self.spec.screening.finalists:
                 break
             config = PruneConfig.from_dict(trial.user_attrs["config"])
-            configs.setdefault(config.to_json(), config)
+            if all(config != seen for _, seen in found):
+                found.append(("screened", config))
         scores = self.session.prepared.scores
-        for allocation in (self.space.at(target), self.space.global_allocation(scores, target)):
-            config = self.space.to_config(allocation)
-            configs.setdefault(config.to_json(), config)
-        return list(configs.values())
+        found.append(("uniform", self.space.to_config(self.space.at(target))))
+        global_allocation = self.space.global_allocation(scores, target)
+        found.append(("global", self.space.to_config(global_allocation)))
+        for origin, config in found:
+            key = config.to_json()
+            configs.setdefault(key, config)
+            origins.setdefault(key, []).append(origin)
+        return [(config, origins[key]) for key, config in configs.items()]
 
     def _retrain(self, target: float, screening: Ledger) -> None:
         session = self.session
@@ -202,14 +216,18 @@ class TargetedSearch:
             for t in search.study.get_trials(deepcopy=False)
             if t.user_attrs.get(STATUS) == "complete" and t.user_attrs.get(TARGET) == target
         }
-        finalists = [c for c in self._finalists(target, screening) if c.to_json() not in done]
+        finalists = [
+            (config, origins)
+            for config, origins in self._finalists(target, screening)
+            if config.to_json() not in done
+        ]
         log.info(
             "target %g: retraining %d finalist(s), %d already retrained",
             target,
             len(finalists),
             len(done),
         )
-        for config in finalists:
+        for config, origins in finalists:
             number = search.study.ask().number
-            search.note(number, {TARGET: target})
+            search.note(number, {TARGET: target, ORIGINS: origins})
             execute(session.prepared, session.settings, search, number, config, "search")

@@ -95,8 +95,19 @@ class Task(ABC):
         """The dense ``model``'s targets for ``batch``, as :meth:`distillation_loss` reads them."""
 
     @abstractmethod
+    def example_outputs(self, model: PreTrainedModel, data: Encoded) -> torch.Tensor:
+        """What ``model`` outputs for each example of ``data``, one row per example
+        (``(examples, ...)``, on the CPU): all :meth:`metric_of` needs to score any subset of
+        the examples (a predicted label, a summed loss and a token count, ...)."""
+
+    @abstractmethod
+    def metric_of(self, outputs: torch.Tensor, data: Encoded) -> float:
+        """The task's metric of the rows ``outputs`` of :meth:`example_outputs`, for the
+        examples ``data`` (same length, same order; a resample may repeat examples)."""
+
     def evaluate(self, model: PreTrainedModel, data: Encoded) -> float:
         """The task's metric of ``model`` on ``data``."""
+        return self.metric_of(self.example_outputs(model, data), data)
 
     @property
     @abstractmethod

@@ -69,9 +69,12 @@ class Classification(Task):
         with torch.inference_mode():
             return model(**model_inputs(batch)).logits.float()  # (batch, labels)
 
-    def evaluate(self, model: PreTrainedModel, data: Encoded) -> float:
-        logits = predict(model, data)  # (examples, labels)
-        return METRICS[self.metric](logits.argmax(dim=-1), data.labels)
+    def example_outputs(self, model: PreTrainedModel, data: Encoded) -> torch.Tensor:
+        """The predicted label of each example, ``(examples,)``."""
+        return predict(model, data).argmax(dim=-1)  # (examples,)
+
+    def metric_of(self, outputs: torch.Tensor, data: Encoded) -> float:
+        return METRICS[self.metric](outputs.long(), data.labels)
 
     @property
     def reference(self) -> float:
