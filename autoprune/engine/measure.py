@@ -12,8 +12,9 @@ from transformers import PreTrainedModel
 
 from autoprune.engine.arch import Architecture, describe, family_of
 from autoprune.engine.groups import UNITS, Unit
+from autoprune.engine.projections import Projection, is_projection, matrix_shape
 from autoprune.engine.prune import PruneConfig
-from autoprune.engine.sparsity import MaskedLinear, effective_weight
+from autoprune.engine.sparsity import Masked, effective_weight
 
 SizeUnit = Literal["params", "prunable", "nonzero", "bytes", "macs"]
 
@@ -51,7 +52,7 @@ class Size:
 
 def _nonzero(module: nn.Module) -> int:
     """Non-zero parameters of ``module``'s own tensors, masked weights counted as masked."""
-    if isinstance(module, nn.Linear):
+    if is_projection(module):
         count = int(torch.count_nonzero(effective_weight(module)))
         bias = module.bias
         return count + (int(torch.count_nonzero(bias)) if bias is not None else 0)
@@ -59,17 +60,18 @@ def _nonzero(module: nn.Module) -> int:
 
 
 def _linear_macs(model: PreTrainedModel, seq_len: int) -> int:
-    """MACs of every linear layer in one forward pass over one sequence of ``seq_len`` tokens."""
+    """MACs of every projection (``nn.Linear``, ``Conv1D``) in one forward pass over one sequence
+    of ``seq_len`` tokens."""
     total = 0
 
     def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         nonlocal total
-        linear = cast(nn.Linear, module)
+        out_features, in_features = matrix_shape(cast(Projection, module))
         tokens = inputs[0].shape[:-1].numel()
-        total += tokens * linear.in_features * linear.out_features
+        total += tokens * in_features * out_features
 
     device = next(model.parameters()).device
-    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Linear)]
+    handles = [m.register_forward_hook(count) for m in model.modules() if is_projection(m)]
     try:
         with torch.inference_mode():
             ids = torch.full((1, seq_len), 1, dtype=torch.long, device=device)
@@ -92,7 +94,7 @@ def measure(model: PreTrainedModel, seq_len: int = 128) -> Size:
     prunable_modules = [
         lin for layer in family.layers(model) for lin in groups.linears(layer).values()
     ]
-    masks = {f"{name}.mask" for name, m in model.named_modules() if isinstance(m, MaskedLinear)}
+    masks = {f"{name}.mask" for name, m in model.named_modules() if isinstance(m, Masked)}
     saved_bytes = sum(
         t.numel() * t.element_size() for k, t in model.state_dict().items() if k not in masks
     )

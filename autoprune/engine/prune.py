@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 
 from autoprune.engine.arch import Architecture, describe, family_of
 from autoprune.engine.scores import Scores
-from autoprune.engine.sparsity import MaskedLinear, lowest_scored_masks
+from autoprune.engine.sparsity import lowest_scored_masks, masked
 from autoprune.errors import AutopruneError
 
 
@@ -264,7 +264,7 @@ def prune(model: PreTrainedModel, config: PruneConfig, scores: Scores) -> PreTra
     the weight matrices (without grouped-query attention: the ``heads[l]`` highest-scored
     heads). Then exactly ``round(config.sparsity[l] * n)`` of the layer's ``n`` remaining
     linear weights, the lowest-scored, are zero and held at zero by masks
-    (:class:`MaskedLinear`).
+    (:func:`autoprune.engine.sparsity.masked`).
 
     Raises:
         PruneConfigError: If ``config`` does not fit ``model``.
@@ -298,5 +298,5 @@ def prune(model: PreTrainedModel, config: PruneConfig, scores: Scores) -> PreTra
             layer_scores[path] = scores.weights[index][path].index_select(dim, keep)
         masks = lowest_scored_masks(layer_scores, config.sparsity[index])
         for path, linear in linears.items():
-            layer.set_submodule(path, MaskedLinear.from_linear(linear, masks[path]))
+            layer.set_submodule(path, masked(linear, masks[path]))
     return pruned

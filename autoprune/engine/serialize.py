@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import cast
 
 import transformers
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from autoprune.engine.arch import describe, family_of
@@ -48,7 +48,7 @@ def save_pruned(
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    baked = cast(PreTrainedModel, bake(copy.deepcopy(model)))
+    baked = cast(PreTrainedModel, bake(copy.deepcopy(model)).cpu())
     arch = describe(baked)
     config = copy.deepcopy(baked.config)
     config.architectures = [type(baked).__name__]
@@ -63,8 +63,8 @@ def save_pruned(
         },
     )
     config.save_pretrained(directory)
-    state = {k: v.detach().contiguous().cpu() for k, v in baked.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    # tied weights (an input embedding shared with the output head) are written once
+    save_model(baked, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     return directory
@@ -98,7 +98,7 @@ def load_pruned(
     # directories written before key/value heads were recorded hold no grouped-query attention
     kv_heads = shapes.get("kv_heads", shapes["heads"])
     family_of(model).reshape(model, shapes["heads"], kv_heads, shapes["ffn"])
-    model.load_state_dict(load_file(str(weights_file)), strict=True)
+    load_model(model, weights_file, strict=True)
     model.eval()
     has_tokenizer = (directory / "tokenizer_config.json").is_file()
     tokenizer = AutoTokenizer.from_pretrained(directory) if has_tokenizer else None

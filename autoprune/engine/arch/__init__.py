@@ -12,6 +12,7 @@ from autoprune.engine.arch.base import Architecture, Family
 from autoprune.engine.arch.bert import BertFamily
 from autoprune.engine.arch.distilbert import DistilBertFamily
 from autoprune.engine.arch.electra import ElectraFamily
+from autoprune.engine.arch.gpt2 import GPT2Family
 from autoprune.engine.arch.llama import LlamaFamily
 from autoprune.engine.arch.roberta import RobertaFamily
 from autoprune.errors import AutopruneError
@@ -22,6 +23,7 @@ FAMILIES: tuple[Family, ...] = (
     ElectraFamily(),
     DistilBertFamily(),
     LlamaFamily(),
+    GPT2Family(),
 )
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from autoprune.engine.groups import Dim, LayerGroups, Unit, slice_layer
+from autoprune.engine.projections import matrix_shape
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ class Family(ABC):
         return Architecture(
             family=self.name,
             num_layers=len(layers),
-            hidden_size=attention_out.out_features,
+            hidden_size=matrix_shape(attention_out)[0],
             head_dim=self.head_dim(model),
             heads=heads,
             kv_heads=kv_heads,
