@@ -120,21 +120,32 @@ class _UnitCost:
 
 
 @dataclass(frozen=True)
+class _Rest:
+    """What is left of a layer that keeps no unit: all its parameters, and those of its
+    prunable projections (biases of the output projections)."""
+
+    params: int
+    prunable: int
+
+
+@dataclass(frozen=True)
 class SizeModel:
     """The exact size of structurally pruned variants of one model, without building them.
 
     Every query head of a layer carries the same rows and columns of its attention
     projections, every key/value group the same rows of the key and value projections, every
     neuron the same of its MLP ones (the family's :class:`LayerGroups` say which), so sizes
-    are sums of per-unit costs. Unstructured zeros are counted as the masks will make them
-    (weights that are already exactly zero are not foreseen, so ``nonzero`` can be slightly
-    above the measured value). Used to check a size band before any model is built; tests
-    hold it to :func:`measure`.
+    are sums of per-unit costs; a dropped layer also takes what is left of it when it keeps
+    no unit (its norms, its output projections' biases). Unstructured zeros are counted as the
+    masks will make them (weights that are already exactly zero are not foreseen, so
+    ``nonzero`` can be slightly above the measured value). Used to check a size band before
+    any model is built; tests hold it to :func:`measure`.
     """
 
     dense: Size
     arch: Architecture
     costs: tuple[dict[Unit, _UnitCost], ...]
+    rest: tuple[_Rest, ...]
     bytes_per_param: int
 
     @classmethod
@@ -144,8 +155,8 @@ class SizeModel:
         groups = family.groups(model)
         arch = describe(model)
         tokens = dense.seq_len
-        costs = []
-        for layer in family.layers(model):
+        costs, rest = [], []
+        for index, layer in enumerate(family.layers(model)):
             linears = groups.linears(layer)
             layer_costs = {}
             for unit in UNITS:
@@ -155,8 +166,13 @@ class SizeModel:
                 attention = 2 * tokens * tokens * arch.head_dim if unit == "head" else 0
                 layer_costs[unit] = _UnitCost(params, weights, tokens * weights + attention)
             costs.append(layer_costs)
+            dense_units = {"head": arch.heads, "kv": arch.kv_heads, "neuron": arch.ffn}
+            in_units = sum(dense_units[u][index] * c.params for u, c in layer_costs.items())
+            prunable = sum(p.numel() for lin in linears.values() for p in lin.parameters())
+            total = sum(p.numel() for p in layer.parameters())
+            rest.append(_Rest(total - in_units, prunable - in_units))
         element = next(model.parameters()).element_size()
-        return cls(dense, arch, tuple(costs), element)
+        return cls(dense, arch, tuple(costs), tuple(rest), element)
 
     def size(self, config: PruneConfig) -> Size:
         """The size :func:`autoprune.prune` with ``config`` will give, then :func:`measure`.
@@ -167,20 +183,24 @@ class SizeModel:
         config.validate(self.arch)
         kept = {"head": config.heads, "kv": config.key_value_heads(self.arch), "neuron": config.ffn}
         dense_units = {"head": self.arch.heads, "kv": self.arch.kv_heads, "neuron": self.arch.ffn}
-        removed_params = removed_macs = zeros = 0
+        removed_params = removed_prunable = removed_macs = zeros = 0
         for layer, costs in enumerate(self.costs):
+            if not config.kept_layers()[layer]:  # its units are all cut below
+                removed_params += self.rest[layer].params
+                removed_prunable += self.rest[layer].prunable
             kept_weights = 0
             for unit, cost in costs.items():
                 cut = dense_units[unit][layer] - kept[unit][layer]
                 removed_params += cut * cost.params
+                removed_prunable += cut * cost.params
                 removed_macs += cut * cost.macs
                 kept_weights += kept[unit][layer] * cost.weights
             zeros += round(config.sparsity[layer] * kept_weights)
         dense = self.dense
         return Size(
             params=dense.params - removed_params,
-            prunable=dense.prunable - removed_params,
-            nonzero=dense.nonzero - removed_params - zeros,
+            prunable=dense.prunable - removed_prunable,
+            nonzero=dense.nonzero - removed_prunable - zeros,
             nonzero_total=dense.nonzero_total - removed_params - zeros,
             bytes=dense.bytes - removed_params * self.bytes_per_param,
             macs=dense.macs - removed_macs,

@@ -2,10 +2,11 @@
 
 A pruned model directory is what ``save_pretrained`` would write (``config.json``,
 ``model.safetensors``, the tokenizer's files) with the per-layer shapes (query heads,
-key/value heads, MLP neurons) recorded in the config under ``"autoprune"``.
-:func:`load_pruned` rebuilds the model class from the config, gives each layer its recorded
-shapes and loads the weights strictly, so the reloaded model computes exactly what the saved
-one did.
+key/value heads, MLP neurons) recorded in the config under ``"autoprune"``, and, where layers
+were dropped, which layers of the original model remain under ``"autoprune_layers"``.
+:func:`load_pruned` rebuilds the model class from the config at its original depth, drops the
+same layers, gives each layer its recorded shapes and loads the weights strictly, so the
+reloaded model computes exactly what the saved one did.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import transformers
 from safetensors.torch import load_model, save_model
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from autoprune.engine.arch import describe, family_of
+from autoprune.engine.arch import LAYERS_RECORD, describe, family_of
 from autoprune.engine.sparsity import bake
 
 CONFIG_KEY = "autoprune"
@@ -94,10 +95,17 @@ def load_pruned(
     model_class = getattr(transformers, class_name, None)
     if model_class is None:
         raise ValueError(f"{config_file}: unknown model class {class_name!r} in 'architectures'")
+    layers = getattr(config, LAYERS_RECORD, None)
+    if layers is not None:  # built at the original depth: layers may depend on their index
+        setattr(config, LAYERS_RECORD, None)
+        config.num_hidden_layers = len(layers)
     model = model_class(config)
+    family = family_of(model)
+    if layers is not None:
+        family.drop_layers(model, layers)
     # directories written before key/value heads were recorded hold no grouped-query attention
     kv_heads = shapes.get("kv_heads", shapes["heads"])
-    family_of(model).reshape(model, shapes["heads"], kv_heads, shapes["ffn"])
+    family.reshape(model, shapes["heads"], kv_heads, shapes["ffn"])
     load_model(model, weights_file, strict=True)
     model.eval()
     has_tokenizer = (directory / "tokenizer_config.json").is_file()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from transformers import PreTrainedModel
 
-from autoprune.engine.arch.base import Architecture, Family
+from autoprune.engine.arch.base import LAYERS_RECORD, Architecture, Family
 from autoprune.engine.arch.bert import BertFamily
 from autoprune.engine.arch.distilbert import DistilBertFamily
 from autoprune.engine.arch.electra import ElectraFamily
@@ -56,6 +56,7 @@ def describe(model: PreTrainedModel) -> Architecture:
 
 __all__ = [
     "FAMILIES",
+    "LAYERS_RECORD",
     "Architecture",
     "Family",
     "UnsupportedModelError",

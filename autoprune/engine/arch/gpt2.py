@@ -23,8 +23,8 @@ class GPT2Family(Family):
     name = "gpt2"
     model_types = ("gpt2",)
 
-    def layers(self, model: PreTrainedModel) -> list[nn.Module]:
-        return list(cast(Any, model.base_model).h)
+    def layer_list(self, model: PreTrainedModel) -> nn.ModuleList:
+        return cast(nn.ModuleList, cast(Any, model.base_model).h)
 
     def head_dim(self, model: PreTrainedModel) -> int:
         config = model.config
