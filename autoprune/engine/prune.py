@@ -1,10 +1,10 @@
 """The plan (:class:`PruneConfig`) and its application (:func:`prune`).
 
-A PruneConfig says, per layer, how many query heads, key/value groups and feed-forward
-neurons to keep and what fraction of the remaining linear weights to zero. :func:`prune`
-reads importance scores to choose which heads, groups, neurons and weights those are, and
-returns a new model: heads, groups and neurons physically sliced out, the sparsity held by
-masks.
+A PruneConfig says, per layer, whether to keep the layer at all, how many query heads,
+key/value groups and feed-forward neurons to keep and what fraction of the remaining linear
+weights to zero. :func:`prune` reads importance scores to choose which heads, groups, neurons
+and weights those are, and returns a new model: layers, heads, groups and neurons physically
+taken out, the sparsity held by masks.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 
 from autoprune.engine.arch import Architecture, describe, family_of
 from autoprune.engine.scores import Scores
-from autoprune.engine.sparsity import MaskedLinear, lowest_scored_masks
+from autoprune.engine.sparsity import lowest_scored_masks, masked
 from autoprune.errors import AutopruneError
 
 
@@ -29,7 +29,8 @@ class PruneConfigError(AutopruneError, ValueError):
     """A PruneConfig that is malformed or does not fit the model."""
 
 
-_KEYS = ("heads", "ffn", "sparsity", "kv_heads")
+_KEYS = ("heads", "ffn", "sparsity", "kv_heads", "layers")
+_OPTIONAL = ("sparsity", "kv_heads", "layers")
 
 
 @dataclass(frozen=True)
@@ -41,18 +42,25 @@ class PruneConfig:
     their query heads, and keeping fewer query heads in every group, are both plans. A head is
     never split, and a key/value projection always matches the query heads that read it.
 
+    A layer whose ``layers`` flag is False is dropped whole (depth pruning); it keeps nothing,
+    so its ``heads``, ``kv_heads``, ``ffn`` and ``sparsity`` entries are set to 0 whatever was
+    given. Every entry is per layer of the model the config is applied to.
+
     Attributes:
         heads: Query heads to keep in each layer (0 keeps only the residual path).
         ffn: Feed-forward neurons to keep in each layer.
         sparsity: Fraction of the layer's remaining linear weights to zero, in ``[0, 1)``.
         kv_heads: Key/value heads (groups) to keep in each layer, or None for the default
             (:meth:`key_value_heads`): every group the kept query heads can fill.
+        layers: Whether to keep each layer, or None when every layer is kept (a list of only
+            True flags is stored as None). At least one layer is kept.
     """
 
     heads: tuple[int, ...]
     ffn: tuple[int, ...]
     sparsity: tuple[float, ...]
     kv_heads: tuple[int, ...] | None
+    layers: tuple[bool, ...] | None
 
     def __init__(
         self,
@@ -60,6 +68,7 @@ class PruneConfig:
         ffn: Sequence[int],
         sparsity: Sequence[float] | None = None,
         kv_heads: Sequence[int] | None = None,
+        layers: Sequence[bool] | None = None,
     ) -> None:
         sparsity = [0.0] * len(heads) if sparsity is None else sparsity
         if not len(heads) == len(ffn) == len(sparsity):
@@ -85,15 +94,24 @@ class PruneConfig:
                 raise PruneConfigError(
                     f"layer {layer}: sparsity={s!r}, expected a number in [0, 1)"
                 )
-        object.__setattr__(self, "heads", tuple(int(h) for h in heads))
-        object.__setattr__(self, "ffn", tuple(int(f) for f in ffn))
-        object.__setattr__(self, "sparsity", tuple(float(s) for s in sparsity))
-        kv = None if kv_heads is None else tuple(int(k) for k in kv_heads)
-        object.__setattr__(self, "kv_heads", kv)
+        keep = _layer_flags(layers, len(heads))
+
+        def kept(values: Sequence[Any], kind: type) -> tuple[Any, ...]:
+            return tuple(kind(v) if k else kind(0) for v, k in zip(values, keep, strict=True))
+
+        object.__setattr__(self, "heads", kept(heads, int))
+        object.__setattr__(self, "ffn", kept(ffn, int))
+        object.__setattr__(self, "sparsity", kept(sparsity, float))
+        object.__setattr__(self, "kv_heads", None if kv_heads is None else kept(kv_heads, int))
+        object.__setattr__(self, "layers", None if all(keep) else keep)
 
     @property
     def num_layers(self) -> int:
         return len(self.heads)
+
+    def kept_layers(self) -> tuple[bool, ...]:
+        """Whether each layer is kept (all True unless ``layers`` drops some)."""
+        return self.layers or (True,) * self.num_layers
 
     @classmethod
     def uniform(
@@ -172,7 +190,8 @@ class PruneConfig:
                 )
 
     def to_dict(self) -> dict[str, list[Any]]:
-        """``{"heads": .., "ffn": .., "sparsity": ..}``, with ``"kv_heads"`` where it is set."""
+        """``{"heads": .., "ffn": .., "sparsity": ..}``, with ``"kv_heads"`` and ``"layers"``
+        where they are set."""
         data: dict[str, list[Any]] = {
             "heads": list(self.heads),
             "ffn": list(self.ffn),
@@ -180,12 +199,14 @@ class PruneConfig:
         }
         if self.kv_heads is not None:
             data["kv_heads"] = list(self.kv_heads)
+        if self.layers is not None:
+            data["layers"] = list(self.layers)
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "PruneConfig") -> PruneConfig:
-        """Build from :meth:`to_dict`'s form (``sparsity`` and ``kv_heads`` optional); errors
-        name ``source``."""
+        """Build from :meth:`to_dict`'s form (``sparsity``, ``kv_heads`` and ``layers``
+        optional); errors name ``source``."""
         if not isinstance(data, Mapping):
             raise PruneConfigError(f"{source}: expected a mapping, got {type(data).__name__}")
         unknown = sorted(set(data) - set(_KEYS))
@@ -194,11 +215,17 @@ class PruneConfig:
                 f"{source}: unknown key(s) {unknown}; allowed: {', '.join(_KEYS)}"
             )
         for key in _KEYS:
-            optional = key in ("sparsity", "kv_heads")
+            optional = key in _OPTIONAL
             if not isinstance(data.get(key), list) and not (optional and key not in data):
                 raise PruneConfigError(f"{source}: key {key!r} must be a list, one entry per layer")
         try:
-            return cls(data["heads"], data["ffn"], data.get("sparsity"), data.get("kv_heads"))
+            return cls(
+                data["heads"],
+                data["ffn"],
+                data.get("sparsity"),
+                data.get("kv_heads"),
+                data.get("layers"),
+            )
         except PruneConfigError as error:
             raise PruneConfigError(f"{source}: {error}") from None
 
@@ -222,6 +249,23 @@ class PruneConfig:
         if not path.is_file():
             raise FileNotFoundError(f"prune config not found: {path}")
         return cls.from_json(path.read_text(), source=str(path))
+
+
+def _layer_flags(layers: Sequence[bool] | None, num_layers: int) -> tuple[bool, ...]:
+    """``layers`` checked (one bool per layer, at least one True), or all True for None."""
+    if layers is None:
+        return (True,) * num_layers
+    if len(layers) != num_layers:
+        raise PruneConfigError(
+            f"layers must have one entry per layer; got {len(layers)} entries for "
+            f"{num_layers} layers"
+        )
+    for layer, flag in enumerate(layers):
+        if not isinstance(flag, bool):
+            raise PruneConfigError(f"layer {layer}: layers={flag!r}, expected true or false")
+    if not any(layers):
+        raise PruneConfigError("layers: every layer is dropped; keep at least one")
+    return tuple(layers)
 
 
 def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -264,7 +308,10 @@ def prune(model: PreTrainedModel, config: PruneConfig, scores: Scores) -> PreTra
     the weight matrices (without grouped-query attention: the ``heads[l]`` highest-scored
     heads). Then exactly ``round(config.sparsity[l] * n)`` of the layer's ``n`` remaining
     linear weights, the lowest-scored, are zero and held at zero by masks
-    (:class:`MaskedLinear`).
+    (:func:`autoprune.engine.sparsity.masked`). Layers that ``config.layers`` drops are
+    taken out of the model last; the model then computes what the one it was pruned to,
+    without those layers, computes, and its config records them
+    (:meth:`autoprune.engine.arch.Family.drop_layers`).
 
     Raises:
         PruneConfigError: If ``config`` does not fit ``model``.
@@ -279,6 +326,8 @@ def prune(model: PreTrainedModel, config: PruneConfig, scores: Scores) -> PreTra
     pruned = copy.deepcopy(model)
     groups = family.groups(pruned)
     for index, layer in enumerate(family.layers(pruned)):
+        if not config.kept_layers()[index]:
+            continue
         keep_heads, keep_kv = _choose_heads(
             scores.heads[index], arch.group_size(index), config.heads[index], kv_heads[index]
         )
@@ -298,5 +347,7 @@ def prune(model: PreTrainedModel, config: PruneConfig, scores: Scores) -> PreTra
             layer_scores[path] = scores.weights[index][path].index_select(dim, keep)
         masks = lowest_scored_masks(layer_scores, config.sparsity[index])
         for path, linear in linears.items():
-            layer.set_submodule(path, MaskedLinear.from_linear(linear, masks[path]))
+            layer.set_submodule(path, masked(linear, masks[path]))
+    if config.layers is not None:
+        family.drop_layers(pruned, config.layers)
     return pruned

@@ -35,6 +35,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from autoprune.engine.arch import describe, family_of
+from autoprune.engine.projections import Projection, as_matrix, is_projection
 from autoprune.engine.sparsity import effective_weight
 
 Batch = Mapping[str, torch.Tensor]
@@ -58,13 +59,13 @@ def _forward(model: PreTrainedModel, batch: Batch) -> None:
     model(**{k: v.to(device) for k, v in batch.items()})
 
 
-def projection(model: PreTrainedModel, layer: int, block: Block) -> nn.Linear:
+def projection(model: PreTrainedModel, layer: int, block: Block) -> Projection:
     """The output projection of ``block`` in transformer layer ``layer`` of ``model``."""
     family = family_of(model)
     path = family.groups(model).gate(block).path
     linear = family.layers(model)[layer].get_submodule(path)
-    if not isinstance(linear, nn.Linear):
-        raise TypeError(f"layer {layer}: {path} is a {type(linear).__name__}, not nn.Linear")
+    if not is_projection(linear):
+        raise TypeError(f"layer {layer}: {path} is a {type(linear).__name__}, not a projection")
     return linear
 
 
@@ -166,7 +167,7 @@ class Calibration:
 
 
 def _refit(
-    linear: nn.Linear,
+    linear: Projection,
     width: int,
     inputs: list[torch.Tensor],
     targets: tuple[torch.Tensor, ...],
@@ -202,7 +203,7 @@ def _refit(
         scale = torch.linalg.solve(gram + lam * eye, cross + lam)  # (units,)
     columns_scale = scale.repeat_interleave(width)  # (units * width,)
     with torch.no_grad():
-        linear.weight.mul_(columns_scale.to(linear.weight.dtype))
+        as_matrix(linear, linear.weight).mul_(columns_scale.to(linear.weight.dtype))
         if linear.bias is not None:
             bias = y_mean - weight @ (columns_scale * x_mean)  # (hidden,)
             linear.bias.copy_(bias.to(linear.bias.dtype))

@@ -2,10 +2,11 @@
 
 A pruned model directory is what ``save_pretrained`` would write (``config.json``,
 ``model.safetensors``, the tokenizer's files) with the per-layer shapes (query heads,
-key/value heads, MLP neurons) recorded in the config under ``"autoprune"``.
-:func:`load_pruned` rebuilds the model class from the config, gives each layer its recorded
-shapes and loads the weights strictly, so the reloaded model computes exactly what the saved
-one did.
+key/value heads, MLP neurons) recorded in the config under ``"autoprune"``, and, where layers
+were dropped, which layers of the original model remain under ``"autoprune_layers"``.
+:func:`load_pruned` rebuilds the model class from the config at its original depth, drops the
+same layers, gives each layer its recorded shapes and loads the weights strictly, so the
+reloaded model computes exactly what the saved one did.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from pathlib import Path
 from typing import cast
 
 import transformers
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_model, save_model
 from transformers import AutoConfig, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from autoprune.engine.arch import describe, family_of
+from autoprune.engine.arch import LAYERS_RECORD, describe, family_of
 from autoprune.engine.sparsity import bake
 
 CONFIG_KEY = "autoprune"
@@ -48,7 +49,7 @@ def save_pruned(
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    baked = cast(PreTrainedModel, bake(copy.deepcopy(model)))
+    baked = cast(PreTrainedModel, bake(copy.deepcopy(model)).cpu())
     arch = describe(baked)
     config = copy.deepcopy(baked.config)
     config.architectures = [type(baked).__name__]
@@ -63,8 +64,8 @@ def save_pruned(
         },
     )
     config.save_pretrained(directory)
-    state = {k: v.detach().contiguous().cpu() for k, v in baked.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    # tied weights (an input embedding shared with the output head) are written once
+    save_model(baked, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     return directory
@@ -94,11 +95,18 @@ def load_pruned(
     model_class = getattr(transformers, class_name, None)
     if model_class is None:
         raise ValueError(f"{config_file}: unknown model class {class_name!r} in 'architectures'")
+    layers = getattr(config, LAYERS_RECORD, None)
+    if layers is not None:  # built at the original depth: layers may depend on their index
+        setattr(config, LAYERS_RECORD, None)
+        config.num_hidden_layers = len(layers)
     model = model_class(config)
+    family = family_of(model)
+    if layers is not None:
+        family.drop_layers(model, layers)
     # directories written before key/value heads were recorded hold no grouped-query attention
     kv_heads = shapes.get("kv_heads", shapes["heads"])
-    family_of(model).reshape(model, shapes["heads"], kv_heads, shapes["ffn"])
-    model.load_state_dict(load_file(str(weights_file)), strict=True)
+    family.reshape(model, shapes["heads"], kv_heads, shapes["ffn"])
+    load_model(model, weights_file, strict=True)
     model.eval()
     has_tokenizer = (directory / "tokenizer_config.json").is_file()
     tokenizer = AutoTokenizer.from_pretrained(directory) if has_tokenizer else None

@@ -1,38 +1,30 @@
 """Unstructured sparsity: linear layers whose masked weights stay exactly zero.
 
-A :class:`MaskedLinear` multiplies its weight by a fixed 0/1 mask in every forward pass, so
-the gradient of a masked weight is zero and no optimizer step can move it: zeros stay zeros
-through retraining, with any optimizer. :func:`bake` turns masked layers back into plain
-``nn.Linear`` layers whose weights hold the zeros, for saving.
+A masked layer (:class:`MaskedLinear`, :class:`MaskedConv1D`) multiplies its weight by a
+fixed 0/1 mask in every forward pass, so the gradient of a masked weight is zero and no
+optimizer step can move it: zeros stay zeros through retraining, with any optimizer.
+:func:`bake` turns masked layers back into plain ones whose weights hold the zeros, for
+saving.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import skip_init
+from transformers.pytorch_utils import Conv1D
 
-
-def empty_linear(
-    layer_class: type[nn.Linear], like: nn.Linear, in_features: int, out_features: int
-) -> nn.Linear:
-    """An uninitialized ``layer_class`` on ``like``'s device and dtype (every tensor is to be
-    copied in). Zero-width layers, which pruning makes, are allowed without a warning."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Initializing zero-element tensors is a no-op")
-        return skip_init(
-            layer_class,
-            in_features,
-            out_features,
-            bias=like.bias is not None,
-            device=like.weight.device,
-            dtype=like.weight.dtype,
-        )
+from autoprune.engine.projections import (
+    Projection,
+    SlicedConv1D,
+    as_matrix,
+    conv1d,
+    empty_projection,
+    matrix_shape,
+)
 
 
 class MaskedLinear(nn.Linear):
@@ -51,26 +43,43 @@ class MaskedLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.register_buffer("mask", torch.ones_like(self.weight))
 
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, mask: torch.Tensor) -> MaskedLinear:
-        """A masked copy of ``linear`` whose masked weights are set to zero.
-
-        A ``linear`` that is already masked keeps its own zeros as well.
-        """
-        if isinstance(linear, MaskedLinear):
-            mask = mask.to(linear.mask.device) * linear.mask
-        masked = cast(
-            MaskedLinear, empty_linear(cls, linear, linear.in_features, linear.out_features)
-        )
-        with torch.no_grad():
-            masked.mask.copy_(mask)
-            masked.weight.copy_(linear.weight * mask)
-            if linear.bias is not None:
-                masked.bias.copy_(linear.bias)
-        return masked
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight * self.mask, self.bias)
+
+
+class MaskedConv1D(SlicedConv1D):
+    """GPT-2's ``Conv1D`` computing ``x @ (weight * mask) + bias``; the mask is a buffer
+    shaped like the weight, ``(in_features, out_features)``."""
+
+    mask: torch.Tensor
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__(nf, nx)
+        self.register_buffer("mask", torch.ones_like(self.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv1d(x, self.weight * self.mask, self.bias)
+
+
+Masked = MaskedLinear | MaskedConv1D
+
+
+def masked(layer: Projection, mask: torch.Tensor) -> Masked:
+    """A masked copy of ``layer`` whose weights where ``mask`` (``(out_features,
+    in_features)``, 0/1) is 0 are set to zero. A ``layer`` that is already masked keeps its
+    own zeros as well."""
+    layer_class = MaskedConv1D if isinstance(layer, Conv1D) else MaskedLinear
+    out_features, in_features = matrix_shape(layer)
+    new = cast(Masked, empty_projection(layer_class, layer, in_features, out_features))
+    native = as_matrix(layer, mask.to(layer.weight.device)).to(new.mask.dtype)  # weight-shaped
+    if isinstance(layer, Masked):
+        native = native * layer.mask
+    with torch.no_grad():
+        new.mask.copy_(native)
+        new.weight.copy_(layer.weight * native)
+        if layer.bias is not None:
+            new.bias.copy_(layer.bias)
+    return new
 
 
 def lowest_scored_masks(
@@ -100,24 +109,27 @@ def lowest_scored_masks(
     return masks
 
 
-def effective_weight(linear: nn.Linear) -> torch.Tensor:
-    """The weight the layer computes with (masked where the layer is masked)."""
-    if isinstance(linear, MaskedLinear):
-        return linear.weight * linear.mask
-    return linear.weight
+def effective_weight(layer: Projection) -> torch.Tensor:
+    """The weight the layer computes with (masked where the layer is masked), as
+    ``(out_features, in_features)``."""
+    weight = layer.weight * layer.mask if isinstance(layer, Masked) else layer.weight
+    return as_matrix(layer, weight)  # (out, in)
 
 
 def bake(model: nn.Module) -> nn.Module:
-    """Replace every :class:`MaskedLinear` in ``model`` by a plain ``nn.Linear`` (in place).
+    """Replace every masked layer in ``model`` by a plain ``nn.Linear`` or
+    :class:`SlicedConv1D` (in place).
 
     The returned model computes the same function; its zeros are in the weights.
     """
     for name, module in list(model.named_modules()):
-        if not isinstance(module, MaskedLinear):
+        if not isinstance(module, Masked):
             continue
-        plain = empty_linear(nn.Linear, module, module.in_features, module.out_features)
+        plain_class = SlicedConv1D if isinstance(module, Conv1D) else nn.Linear
+        out_features, in_features = matrix_shape(module)
+        plain = empty_projection(plain_class, module, in_features, out_features)
         with torch.no_grad():
-            plain.weight.copy_(effective_weight(module))
+            plain.weight.copy_(module.weight * module.mask)
             if module.bias is not None:
                 plain.bias.copy_(module.bias)
         model.set_submodule(name, plain)

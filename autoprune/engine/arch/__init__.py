@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from transformers import PreTrainedModel
 
-from autoprune.engine.arch.base import Architecture, Family
+from autoprune.engine.arch.base import LAYERS_RECORD, Architecture, Family
 from autoprune.engine.arch.bert import BertFamily
 from autoprune.engine.arch.distilbert import DistilBertFamily
 from autoprune.engine.arch.electra import ElectraFamily
+from autoprune.engine.arch.gpt2 import GPT2Family
 from autoprune.engine.arch.llama import LlamaFamily
 from autoprune.engine.arch.roberta import RobertaFamily
 from autoprune.errors import AutopruneError
@@ -22,6 +23,7 @@ FAMILIES: tuple[Family, ...] = (
     ElectraFamily(),
     DistilBertFamily(),
     LlamaFamily(),
+    GPT2Family(),
 )
 
 
@@ -54,6 +56,7 @@ def describe(model: PreTrainedModel) -> Architecture:
 
 __all__ = [
     "FAMILIES",
+    "LAYERS_RECORD",
     "Architecture",
     "Family",
     "UnsupportedModelError",

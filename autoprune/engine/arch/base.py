@@ -2,7 +2,8 @@
 
 A family says where a model's transformer layers are, how wide a head is, and which rows and
 columns of which linear layers make its prunable units (:class:`LayerGroups`, declared once).
-Describing, slicing and rebuilding from recorded shapes read those groups and are shared.
+Describing, slicing, dropping whole layers and rebuilding from recorded shapes read those
+groups and are shared.
 """
 
 from __future__ import annotations
@@ -10,12 +11,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
 
 from autoprune.engine.groups import Dim, LayerGroups, Unit, slice_layer
+from autoprune.engine.projections import matrix_shape
+
+LAYERS_RECORD = "autoprune_layers"
+"""The config attribute that records, once layers were dropped, which layers of the original
+model a model keeps: one flag per original layer (absent while every layer is kept)."""
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,7 @@ class Architecture:
 class Family(ABC):
     """One model family: where its layers are and what its prunable groups are.
 
-    Subclasses set ``name`` and ``model_types`` and implement :meth:`layers`,
+    Subclasses set ``name`` and ``model_types`` and implement :meth:`layer_list`,
     :meth:`head_dim`, :meth:`groups` and :meth:`sync_attention`.
     """
 
@@ -63,8 +70,12 @@ class Family(ABC):
     model_types: tuple[str, ...]
 
     @abstractmethod
+    def layer_list(self, model: PreTrainedModel) -> nn.ModuleList:
+        """The module list holding the transformer layers."""
+
     def layers(self, model: PreTrainedModel) -> list[nn.Module]:
         """The transformer layers, first to last."""
+        return list(self.layer_list(model))
 
     @abstractmethod
     def head_dim(self, model: PreTrainedModel) -> int:
@@ -99,7 +110,7 @@ class Family(ABC):
         return Architecture(
             family=self.name,
             num_layers=len(layers),
-            hidden_size=attention_out.out_features,
+            hidden_size=matrix_shape(attention_out)[0],
             head_dim=self.head_dim(model),
             heads=heads,
             kv_heads=kv_heads,
@@ -143,3 +154,33 @@ class Family(ABC):
             self.slice_layer(
                 layer, groups, torch.arange(n_heads), torch.arange(n_kv), torch.arange(n_ffn)
             )
+
+    def drop_layers(self, model: PreTrainedModel, keep: Sequence[bool]) -> None:
+        """Take the layers whose ``keep`` flag is False out of ``model`` (in place).
+
+        The kept layers are renumbered in order (every ``layer_idx`` in them, which a
+        decoder's key/value cache is indexed by), the config's ``num_hidden_layers`` becomes
+        their number, and :data:`LAYERS_RECORD` in the config says which layers of the original
+        model remain (layers dropped before included).
+
+        Raises:
+            ValueError: If ``keep`` has not one flag per layer, or keeps no layer.
+        """
+        container = self.layer_list(model)
+        if len(keep) != len(container) or not any(keep):
+            raise ValueError(
+                f"keep must have one flag per layer ({len(container)}) and keep at least one; "
+                f"got {list(keep)}"
+            )
+        for index in reversed(range(len(container))):
+            if not keep[index]:
+                del container[index]
+        for index, layer in enumerate(container):
+            for module in layer.modules():
+                if hasattr(module, "layer_idx"):
+                    cast(Any, module).layer_idx = index
+        config = model.config
+        original = getattr(config, LAYERS_RECORD, None) or [True] * len(keep)
+        flags = iter(keep)
+        setattr(config, LAYERS_RECORD, [kept and next(flags) for kept in original])
+        config.num_hidden_layers = len(container)

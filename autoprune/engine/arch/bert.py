@@ -21,8 +21,8 @@ class BertFamily(Family):
     name = "bert"
     model_types: tuple[str, ...] = ("bert",)
 
-    def layers(self, model: PreTrainedModel) -> list[nn.Module]:
-        return list(cast(Any, model.base_model).encoder.layer)
+    def layer_list(self, model: PreTrainedModel) -> nn.ModuleList:
+        return cast(nn.ModuleList, cast(Any, model.base_model).encoder.layer)
 
     def head_dim(self, model: PreTrainedModel) -> int:
         config = model.config

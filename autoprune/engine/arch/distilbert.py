@@ -17,8 +17,8 @@ class DistilBertFamily(Family):
     name = "distilbert"
     model_types = ("distilbert",)
 
-    def layers(self, model: PreTrainedModel) -> list[nn.Module]:
-        return list(cast(Any, model.base_model).transformer.layer)
+    def layer_list(self, model: PreTrainedModel) -> nn.ModuleList:
+        return cast(nn.ModuleList, cast(Any, model.base_model).transformer.layer)
 
     def head_dim(self, model: PreTrainedModel) -> int:
         config = model.config

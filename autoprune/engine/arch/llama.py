@@ -22,8 +22,8 @@ class LlamaFamily(Family):
     name = "llama"
     model_types = ("llama",)
 
-    def layers(self, model: PreTrainedModel) -> list[nn.Module]:
-        return list(cast(Any, model.base_model).layers)
+    def layer_list(self, model: PreTrainedModel) -> nn.ModuleList:
+        return cast(nn.ModuleList, cast(Any, model.base_model).layers)
 
     def head_dim(self, model: PreTrainedModel) -> int:
         config = model.config
