@@ -23,6 +23,8 @@ setup: $(STAMP)
 # The quick start: fine-tune MiniLM on SST-2, search, print and plot the front (~12 min).
 demo: setup
 	$(VENV)/bin/autoprune search studies/quickstart.yaml --out runs/quickstart
+	$(VENV)/bin/autoprune baseline runs/quickstart --kind layer-uniform
+	$(VENV)/bin/autoprune compare runs/quickstart
 	$(VENV)/bin/autoprune plot runs/quickstart
 
 test: setup

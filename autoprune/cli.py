@@ -74,23 +74,28 @@ def _baseline(args: argparse.Namespace) -> None:
 
     if bool(args.heads_ratios) != bool(args.ffn_ratios):
         raise UsageError("--heads-ratios and --ffn-ratios go together (a layer-uniform grid)")
-    if bool(args.targets) != bool(args.kind):
-        raise UsageError("--targets and --kind go together (--kind global --targets 0.5,0.25)")
+    spec = RunDir(Path(args.run)).load_spec()  # a missing or foreign directory is refused first
+    targets = args.targets or (spec.objectives.targets if args.kind else [])
+    if args.targets and not args.kind:
+        raise UsageError("--targets needs --kind (--kind global --targets 0.5,0.25)")
+    if args.kind and not targets:
+        raise UsageError(
+            "--kind needs --targets: the study names no objectives.targets to default to"
+        )
     kinds: list[TargetKind] = list(dict.fromkeys(args.kind or ()))
     ratios = args.ratios
     if ratios is None:  # the default uniform ratios, unless sizes were asked for
-        ratios = [] if args.targets else DEFAULT_RATIOS
-    RunDir(Path(args.run)).load_spec()  # a missing or foreign directory is refused first
+        ratios = [] if targets else DEFAULT_RATIOS
     run_dir = run_baselines(
         args.run,
         uniform=ratios,
         head_ratios=args.heads_ratios or (),
         ffn_ratios=args.ffn_ratios or (),
-        targets=[(kind, target) for kind in kinds for target in args.targets or ()],
+        targets=[(kind, target) for kind in kinds for target in targets],
     )
     run = load_run(run_dir)
     trained: list[Kind] = ["uniform"] * bool(ratios or "uniform" in kinds)
-    trained += ["layer-uniform"] * bool(args.heads_ratios)
+    trained += ["layer-uniform"] * bool(args.heads_ratios or "layer-uniform" in kinds)
     trained += ["global"] * ("global" in kinds)
     print("\n\n".join(render(run, kind=kind) for kind in trained))
 
@@ -180,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument(
         "--targets",
         type=_ratios,
-        help="sizes to build baselines for, in the study's size unit (with --kind)",
+        help="sizes to build baselines for, in the study's size unit (with --kind; "
+        "default: the study's objectives.targets)",
     )
     baseline.add_argument(
         "--kind",

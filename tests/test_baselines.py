@@ -99,7 +99,9 @@ def test_global_and_uniform_baselines_at_target_sizes(
 def test_target_baselines_refuse_bad_arguments(tiny_run: Path, tmp_path: Path, capsys) -> None:
     run_dir = Path(shutil.copytree(tiny_run, tmp_path / "run"))
     assert cli.main(["baseline", str(run_dir), "--targets", "0.5"]) == 2
-    assert "--targets and --kind go together" in capsys.readouterr().err
+    assert "--targets needs --kind" in capsys.readouterr().err
+    assert cli.main(["baseline", str(run_dir), "--kind", "global"]) == 2
+    assert "the study names no objectives.targets to default to" in capsys.readouterr().err
     assert cli.main(["baseline", str(run_dir), "--kind", "global", "--targets", "0.0"]) == 2
     assert "target 0.0 (prunable) cannot be met by heads and neurons" in capsys.readouterr().err
     assert load_run(run_dir).complete("global").empty

@@ -117,3 +117,26 @@ def test_every_evolutionary_child_is_a_mutation_of_the_best_so_far() -> None:
     values = [t.value for t in study.trials]
     best_so_far = [min(values[: i + 1]) for i in range(len(values))]
     assert best_so_far[-1] < best_so_far[0]  # elitism makes progress on this bowl
+
+
+def test_compare_shows_the_search_beside_every_baseline_at_each_target(
+    targeted_run: Path, tmp_path: Path, capsys
+) -> None:
+    run = Path(shutil.copytree(targeted_run, tmp_path / "run"))
+    assert cli.main(["-q", "baseline", str(run), "--kind", "layer-uniform"]) == 0
+    assert "layer-uniform front" in capsys.readouterr().out  # at the study's targets
+    assert cli.main(["compare", str(run), "--format", "json", "--resamples", "50"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {row["method"] for row in rows} == {"searched", "uniform", "layer-uniform", "global"}
+    assert {row["target"] for row in rows} == {TARGET}
+    searched = next(row for row in rows if row["method"] == "searched")
+    best_search = max(row["accuracy search"] for row in rows if row["method"] != "layer-uniform")
+    assert searched["accuracy search"] == best_search  # chosen on the search split
+    for row in rows:
+        if row["method"] != "searched":
+            low, high = (float(x) for x in row["95% interval"].strip("[]").split(","))
+            diff = row["accuracy test"] - searched["accuracy test"]
+            assert row["test vs searched"] == pytest.approx(diff, abs=1e-3)
+            assert low - 1e-4 <= row["test vs searched"] <= high + 1e-4
+    assert cli.main(["compare", str(run)]) == 0
+    assert "at each target, test split" in capsys.readouterr().out
