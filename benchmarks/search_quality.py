@@ -56,6 +56,7 @@ from common import (  # noqa: E402
 )
 
 from autoprune.reports.compare import (  # noqa: E402
+    BASELINE_KINDS,
     METHODS,
     at_target,
     held_out,
@@ -73,7 +74,6 @@ STUDIES = {
 }
 TARGETS = (0.5, 0.25, 0.15)  # the default
 MODES = {"retrain": None, "retrain-free": 0}  # retraining steps (None: the study's)
-BASELINES = METHODS[1:]  # uniform, layer-uniform, global
 COLOURS = {
     "searched": "#1f77b4",
     "uniform": "#ff7f0e",
@@ -138,9 +138,9 @@ def compare(runs: list[Run], task: str, mode: str) -> tuple[list[dict[str, Any]]
     for target in runs[0].spec.objectives.targets:
         picks = [chosen(run, target) for run in runs]
         metrics = {m: summarize([float(p[m]["metric_test"]) for p in picks]) for m in METHODS}
-        best = max(BASELINES, key=lambda m: metrics[m]["mean"])
+        best = max(BASELINE_KINDS, key=lambda m: metrics[m]["mean"])
         if runs[0].direction == "minimize":
-            best = min(BASELINES, key=lambda m: metrics[m]["mean"])
+            best = min(BASELINE_KINDS, key=lambda m: metrics[m]["mean"])
         outputs = {
             m: [outputs_of(r, p[m]) for r, p in zip(runs, picks, strict=True)] for m in METHODS
         }
@@ -153,7 +153,7 @@ def compare(runs: list[Run], task: str, mode: str) -> tuple[list[dict[str, Any]]
                 "target": target,
                 "mode": mode,
                 "searched_mean": metrics["searched"]["mean"],
-                "baselines": {m: metrics[m]["mean"] for m in BASELINES},
+                "baselines": {m: metrics[m]["mean"] for m in BASELINE_KINDS},
                 "best_baseline": best,
                 "best_baseline_mean": metrics[best]["mean"],
                 "diff": gap.diff,

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from autoprune.reports.results import Run
+from autoprune.run.ledger import Kind
 from autoprune.tasks import Task, make_task
 from autoprune.tasks.data import Encoded, TaskData
 
@@ -113,7 +114,8 @@ def outputs_of(run: Run, row: pd.Series) -> torch.Tensor:
     return torch.tensor(run.test_outputs[key])
 
 
-METHODS = ("searched", "uniform", "layer-uniform", "global")
+BASELINE_KINDS: tuple[Kind, ...] = ("uniform", "layer-uniform", "global")
+METHODS = ("searched", *BASELINE_KINDS)
 
 
 def at_target(run: Run, target: float) -> dict[str, pd.Series]:
@@ -124,8 +126,8 @@ def at_target(run: Run, target: float) -> dict[str, pd.Series]:
     found = {"searched": run.best_at(target, "search")}
     finalists = run.complete("search")
     finalists = finalists[finalists["target"] == target]
-    for method in METHODS[1:]:
-        row = run.best_at(target, method)  # type: ignore[arg-type]
+    for method in BASELINE_KINDS:
+        row = run.best_at(target, method)
         if row is None and method != "layer-uniform":
             origin = finalists[[method in (o or []) for o in finalists["origins"]]]
             row = None if origin.empty else origin.iloc[0]
