@@ -83,16 +83,11 @@ def run_search(
     With ``objectives.targets`` the search is targeted (screen many candidates of exactly
     each size, retrain the best few: :class:`TargetedSearch`); otherwise the controller
     searches freely within the size band, the band checked against the search space before
-    any trial. A targeted search runs on the local backend for now.
+    any trial. Either runs on the study's backend.
     """
     with opened_run(study, out, overrides) as session:
         spec = session.spec
         if spec.objectives.targets:
-            if spec.backend.name != "local":
-                raise StudyError(
-                    "objectives.targets: a targeted search runs on the local backend for now; "
-                    "set backend.name: local"
-                )
             with executor(session) as chosen:
                 TargetedSearch(session, chosen).run()
         else:

@@ -26,7 +26,14 @@ def run_trials(session: Session) -> None:
 
 @contextmanager
 def executor(session: Session) -> Iterator[Executor]:
-    """The executor of the backend the session's study names, for the block."""
-    from autoprune.backends import local
+    """The executor of the backend the session's study names, for the block (a Ray
+    executor's workers are released, and a Ray it started stopped, when it ends)."""
+    if session.spec.backend.name == "ray":
+        from autoprune.backends import ray
 
-    yield local.LocalExecutor(session)
+        with ray.executor(session) as found:
+            yield found
+    else:
+        from autoprune.backends import local
+
+        yield local.LocalExecutor(session)
