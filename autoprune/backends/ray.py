@@ -341,6 +341,10 @@ class RayExecutor:
         session: The open run; its ledgers, in this process, record everything.
         batch: Candidates per remote call at most (default: one batch per worker).
 
+    Attributes:
+        screenings: Candidates screened since the workers started (one per slice).
+        calls: Remote calls that screened them.
+
     Raises:
         ValueError: If the screening settings do not fit the prepared work, or ``batch`` is
             below 1.
@@ -357,7 +361,7 @@ class RayExecutor:
         )
         self._prepared = ray.put(session.prepared)
         self._workers: list[ActorHandle] = []
-        self._screened = self._calls = 0
+        self.screenings = self.calls = 0
 
     def _start_workers(self) -> None:
         backend = self.session.spec.backend
@@ -386,8 +390,8 @@ class RayExecutor:
         pool = ActorPool(self._workers)
         done = pool.map(lambda worker, batch: worker.screen.remote(batch, examples), batches)
         outcomes = [outcome for batch in done for outcome in batch]
-        self._screened += len(configs)
-        self._calls += len(batches)
+        self.screenings += len(configs)
+        self.calls += len(batches)
         return outcomes
 
     def retrain(self, configs: Sequence[PruneConfig], attrs: dict[str, Any]) -> None:
@@ -414,13 +418,13 @@ class RayExecutor:
         if self._workers:
             log.info(
                 "ray: %d screening(s) in %d remote call(s) on %d worker(s)",
-                self._screened,
-                self._calls,
+                self.screenings,
+                self.calls,
                 len(self._workers),
             )
         for worker in self._workers:
             ray.kill(worker)
-        self._workers, self._screened, self._calls = [], 0, 0
+        self._workers, self.screenings, self.calls = [], 0, 0
 
 
 @contextmanager
