@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from autoprune.backends import run_trials
+from autoprune.backends import executor, run_trials
 from autoprune.run.baselines import TargetKind, baseline_configs, train_baselines
 from autoprune.run.propose import Proposer
 from autoprune.run.rundir import RunDir, RunLock, log_to_run
@@ -81,19 +81,15 @@ def run_search(
     the run directory.
 
     With ``objectives.targets`` the search is targeted (screen many candidates of exactly
-    each size, retrain the best few: :class:`TargetedSearch`, in this process); otherwise
-    the controller searches freely within the size band on the study's backend, the band
-    checked against the search space before any trial.
+    each size, retrain the best few: :class:`TargetedSearch`); otherwise the controller
+    searches freely within the size band, the band checked against the search space before
+    any trial. Either runs on the study's backend.
     """
     with opened_run(study, out, overrides) as session:
         spec = session.spec
         if spec.objectives.targets:
-            if spec.backend.name != "local":
-                raise StudyError(
-                    "objectives.targets: a targeted search runs on the local backend for now; "
-                    "set backend.name: local"
-                )
-            TargetedSearch(session).run()
+            with executor(session) as chosen:
+                TargetedSearch(session, chosen).run()
         else:
             Proposer(
                 session.search, session.space, session.sizes, spec.objectives, session.settings

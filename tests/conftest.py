@@ -188,6 +188,20 @@ def search_study(run: Path):
     return optuna.load_study(study_name=study_name(spec, SEARCH), storage=storage)
 
 
+def screening_trials(run: Path, target: float):
+    """The trials of run directory ``run``'s screening study of ``target``, as saved."""
+    import optuna
+
+    from autoprune.run.rundir import RunDir, open_storage, study_name
+    from autoprune.strategies.targeted import screening_study_name
+
+    run_dir = RunDir(run)
+    spec = run_dir.load_spec()
+    storage = open_storage(run_dir.storage_url(spec))
+    name = study_name(spec, screening_study_name(target))
+    return optuna.load_study(study_name=name, storage=storage).trials
+
+
 WORDS = [f"w{i}" for i in range(60)]
 
 

@@ -1,9 +1,12 @@
 """The Ray backend on a real local Ray cluster that these tests start and stop themselves:
 a search through ``--address`` with 2 concurrent trials and early stopping, a worker killed
-during a trial, and a driver killed mid-search then resumed."""
+during a trial, a driver killed mid-search then resumed, and a targeted search screened in
+batches and retrained on the cluster, recorded as a local run records it, then resumed."""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import signal
@@ -19,12 +22,15 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import new_run_with_prepared, search_study
+from conftest import new_run_with_prepared, screening_trials, search_study, tiny_study
 
+from autoprune import cli
 from autoprune.reports.results import load_run
 from autoprune.run.ledger import count_spent
+from autoprune.run.propose import Proposer
 from autoprune.run.rundir import RunDir
 from autoprune.search.spec import load_study
+from autoprune.workflow import run_search
 
 RAY = str(Path(sys.executable).parent / "ray")
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
@@ -259,10 +265,98 @@ def test_a_trial_that_raises_on_a_worker_reports_a_failure(
     (report,) = reports
     assert report["status"] == "failed" and "injected failure" in report["failure"]
     assert {backend.METRIC, backend.SIZE} <= set(report)
-    searcher = backend.StudySearcher(session)
+    proposer = Proposer(
+        session.search, session.space, session.sizes, spec.objectives, session.settings
+    )
+    searcher = backend.StudySearcher(session.search, proposer.propose)
     suggested = searcher.suggest("tune-trial-1")
     searcher.on_trial_complete("tune-trial-1", result=report)
     searcher.on_trial_complete("tune-trial-1", result=report)  # Tune may repeat it: no effect
     recorded = session.search.study.trials[suggested["number"]]
     assert recorded.state.name == "FAIL" and recorded.user_attrs["status"] == "failed"
     assert "injected failure" in recorded.user_attrs["failure"]
+
+
+TARGET = 0.5
+SCREENING = {
+    "fitness": "metric",  # coarse (accuracy on a few examples): ties, never float noise
+    "candidates": 10,  # the 2 starts, then a generation of 8
+    "offspring": 8,
+    "schedule": [[4, 2], [8, 1]],
+    "finalists": 1,
+}
+
+
+def screened(run: Path) -> list[tuple]:
+    """Each screened candidate: its parameters, state, fitness (if it survived), fidelity
+    and attribute names."""
+    return [
+        (t.params, t.state.name, t.values, t.user_attrs["fidelity"], set(t.user_attrs))
+        for t in screening_trials(run, TARGET)
+    ]
+
+
+def retrained(run: Path) -> list[dict]:
+    """The attributes of the search study's retrained trials, in order."""
+    return [t.user_attrs for t in search_study(run).trials]
+
+
+def test_a_targeted_search_screens_in_batches_and_retrains_on_a_cluster(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    """In this process (a driver connected to the cluster), to keep the test short."""
+    import ray
+
+    study = tiny_study(
+        tmp_path / "study",
+        controller={"name": "evo", "seed": 0, "options": {"swaps": 1}},
+        objectives={"size": "prunable", "targets": [TARGET]},
+        screening=SCREENING,
+        backend={"name": "ray", "concurrent_trials": 2, "cpus_per_trial": 1, "max_retries": 1},
+    )
+    local, out = tmp_path / "local", tmp_path / "ray"
+    assert cli.main(["-q", "search", str(study), "--out", str(local), "--backend", "local"]) == 0
+    caplog.set_level(logging.INFO, logger="autoprune")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+    try:
+        run_search(study, out)
+        first = caplog.text
+        caplog.clear()
+        before = screening_trials(out, TARGET)
+        ray_trials, local_trials = retrained(out), retrained(local)
+        text = RunDir(out).study_file.read_text()  # resumed with one more generation
+        RunDir(out).study_file.write_text(text.replace("candidates: 10", "candidates: 18"))
+        run_search(out)
+        second = caplog.text
+    finally:
+        ray.shutdown()
+
+    # Screening: every candidate recorded as the local backend records it, and the same
+    # candidates survive with the same fitnesses.
+    assert screened(out)[: len(before)] == screened(local)
+    assert {t.user_attrs["stage"] for t in before} == {"screen"}
+    assert {t.user_attrs["fidelity"] for t in before} == {4.0, 8.0}  # where last scored
+    batches = re.search(r"ray: (\d+) screening\(s\) in (\d+) remote call\(s\)", first)
+    assert batches, first[-3000:]
+    assert int(batches[2]) < SCREENING["candidates"] <= int(batches[1])
+
+    # Retraining: the finalists and the baselines' allocations, as Tune trials, recorded as
+    # the local backend records them.
+    assert "2 at a time" in first
+    assert [a["config"] for a in ray_trials] == [a["config"] for a in local_trials]
+    for attrs, expected in zip(ray_trials, local_trials, strict=True):
+        assert attrs["status"] == "complete" and attrs["target"] == TARGET
+        assert attrs["stage"] == "retrain" and attrs["fidelity"] == expected["fidelity"]
+        assert set(attrs) == set(expected)
+
+    # Resumed: nothing recorded is screened or retrained again.
+    after = screening_trials(out, TARGET)
+    assert len(after) == 18
+    assert [(t.params, t.values) for t in after[: len(before)]] == [
+        (t.params, t.values) for t in before
+    ]
+    configs = [json.dumps(a["config"]) for a in retrained(out)]
+    assert len(configs) == len(set(configs))
+    assert configs[: len(ray_trials)] == [json.dumps(a["config"]) for a in ray_trials]
+    assert f"{len(ray_trials)} already retrained" in second

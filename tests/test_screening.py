@@ -147,6 +147,31 @@ def test_multi_step_selection_keeps_the_best_on_fresh_examples(prepared: Prepare
     assert survivors[0] == min(stages[-1], key=lambda o: o.fitness)
 
 
+class InBatches:
+    """Screens a list in batches of ``size``, each on a screener of its own, as a backend's
+    workers do."""
+
+    def __init__(self, prepared: Prepared, size: int) -> None:
+        self.prepared, self.size, self.calls = prepared, size, 0
+        self.examples = Screener(prepared).examples
+
+    def screen(self, configs, examples: slice) -> list[ScreenOutcome]:
+        outcomes = []
+        for start in range(0, len(configs), self.size):
+            self.calls += 1
+            outcomes += Screener(self.prepared).screen(configs[start : start + self.size], examples)
+        return outcomes
+
+
+def test_selection_does_not_depend_on_how_candidates_are_batched(prepared: Prepared) -> None:
+    schedule = [(8, 3), (12, 1)]
+    whole = select(Screener(prepared), CANDIDATES, schedule)
+    batched = InBatches(prepared, size=4)
+    kept = select(batched, CANDIDATES, schedule)
+    assert [(o.config, o.fitness) for o in kept] == [(o.config, o.fitness) for o in whole]
+    assert batched.calls == 2 + 1  # six candidates in two batches, then the three kept
+
+
 def test_bad_schedules_are_named(prepared: Prepared) -> None:
     screener, configs = Screener(prepared), CANDIDATES
     for schedule in ([], [(8, 0)], [(0, 2)], [(40, 2), (40, 1)]):

@@ -12,15 +12,14 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import tiny_study
+from conftest import screening_trials, tiny_study
 
 from autoprune import cli
 from autoprune.reports.results import load_run
-from autoprune.run.rundir import RunDir, open_storage, study_name
+from autoprune.run.rundir import RunDir
 from autoprune.run.session import open_run
 from autoprune.search.budget import BudgetSpace
 from autoprune.search.controllers.evo import EvolutionarySampler
-from autoprune.strategies.targeted import screening_study_name
 
 TARGET = 0.5
 SCREENING = {
@@ -30,13 +29,6 @@ SCREENING = {
     "schedule": [[4, 2], [8, 1]],
     "finalists": 1,
 }
-
-
-def screening_trials(run: Path) -> list[optuna.trial.FrozenTrial]:
-    spec = RunDir(run).load_spec()
-    storage = open_storage(RunDir(run).storage_url(spec))
-    name = study_name(spec, screening_study_name(TARGET))
-    return optuna.load_study(study_name=name, storage=storage).trials
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +46,7 @@ def targeted_run(tmp_path_factory) -> Path:
 
 
 def test_screening_records_candidates_of_the_target_size(targeted_run: Path) -> None:
-    trials = screening_trials(targeted_run)
+    trials = screening_trials(targeted_run, TARGET)
     assert len(trials) == SCREENING["candidates"]
     states = {t.state.name for t in trials}
     assert states <= {"COMPLETE", "PRUNED"} and "PRUNED" in states
@@ -84,14 +76,14 @@ def test_a_resumed_targeted_search_screens_only_what_is_missing(
     targeted_run: Path, tmp_path: Path
 ) -> None:
     run = Path(shutil.copytree(targeted_run, tmp_path / "run"))
-    before = screening_trials(run)
+    before = screening_trials(run, TARGET)
     retrained = len(load_run(run).complete("search"))
     more = ["-q", "search", str(run)]
     study = RunDir(run).study_file
     text = study.read_text().replace("candidates: 6", "candidates: 9")
     study.write_text(text)
     assert cli.main(more) == 0
-    after = screening_trials(run)
+    after = screening_trials(run, TARGET)
     assert len(after) == 9
     assert [t.params for t in after[: len(before)]] == [t.params for t in before]
     finalists = load_run(run).complete("search")

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
+from autoprune.engine.prune import PruneConfig
 from autoprune.run.execute import execute
 from autoprune.run.propose import Proposer
+from autoprune.run.screen import Screener, ScreenOutcome
 from autoprune.run.session import Session
 
 log = logging.getLogger("autoprune")
@@ -40,3 +44,37 @@ def run_trials(session: Session) -> None:
             return
         trial, config = proposer.propose()
         execute(session.prepared, session.settings, ledger, trial.number, config, "search")
+
+
+class LocalExecutor:
+    """A targeted search's work in this process (an
+    :class:`~autoprune.strategies.executor.Executor`): one :class:`Screener` for every
+    screening, and retraining one trial after another."""
+
+    def __init__(self, session: Session) -> None:
+        screening = session.spec.screening
+        self.session = session
+        self.screener = Screener(
+            session.prepared,
+            fitness=screening.fitness,
+            recovery_examples=screening.recovery_examples,
+            device=session.settings.device,
+        )
+
+    @property
+    def examples(self) -> int:
+        """How many examples the screening split holds."""
+        return self.screener.examples
+
+    def screen(self, configs: Sequence[PruneConfig], examples: slice) -> list[ScreenOutcome]:
+        """Each of ``configs`` screened on ``examples``, one after another, in order."""
+        return self.screener.screen(configs, examples)
+
+    def retrain(self, jobs: Sequence[tuple[PruneConfig, dict[str, Any]]]) -> None:
+        """Retrain and record each configuration of ``jobs`` as a new search trial noted
+        with its attributes."""
+        session, search = self.session, self.session.search
+        for config, attrs in jobs:
+            number = search.study.ask().number
+            search.note(number, attrs)
+            execute(session.prepared, session.settings, search, number, config, "search")

@@ -29,7 +29,7 @@ from autoprune.engine.arch import describe
 from autoprune.engine.prune import PruneConfig
 from autoprune.run.execute import execute
 from autoprune.run.ledger import KIND, STATUS, TARGET, Kind
-from autoprune.run.screen import Screener, last_stage, screen_candidate
+from autoprune.run.screen import Screener, last_stage
 from autoprune.run.session import Session
 from autoprune.search.budget import BudgetSpace
 from autoprune.search.spec import StudyError
@@ -102,10 +102,8 @@ def _best_screened(session: Session, space: BudgetSpace, target: float) -> Prune
             f"screening.schedule: its last step scores examples {examples.start} to "
             f"{examples.stop}, the screening split holds {screener.examples}"
         )
-    outcomes = [
-        screen_candidate(screener, space.to_config(allocation), examples)
-        for allocation in space.layer_uniform_choices(target)
-    ]
+    choices = [space.to_config(allocation) for allocation in space.layer_uniform_choices(target)]
+    outcomes = screener.screen(choices, examples)
     best = min(outcomes, key=lambda outcome: outcome.fitness)
     log.info(
         "layer-uniform at %g: %d head count(s) screened, %s heads per layer kept (%s %.4f)",

@@ -17,7 +17,9 @@ candidate. Every fitness is oriented the same way: **lower is better**.
 
 :func:`select` is EvoPress's multi-step selection (Sieberling et al. 2024, "EvoPress: Towards
 Optimal Dynamic Model Compression via Evolutionary Search"): every candidate is scored on a
-small calibration slice, the best few on a larger fresh slice, and so on.
+small calibration slice, the best few on a larger fresh slice, and so on. It asks a
+:class:`BatchScreener` for each step's outcomes, a list of candidates at a time: a
+:class:`Screener` in this process, or a backend's workers.
 
 The ``kl``, ``hidden`` and ``loss`` kinds read the pool split (what retraining and importance
 read, never the search or test split); ``metric`` reads the search split. Recovery is fitted on
@@ -31,7 +33,7 @@ import copy
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, get_args
+from typing import Any, Protocol, get_args
 
 import torch
 from torch import nn
@@ -91,6 +93,40 @@ class ScreenOutcome:
         return flat_attrs(self.to_dict())
 
 
+class BatchScreener(Protocol):
+    """Screens lists of candidates on slices of one screening split: a :class:`Screener` in
+    this process, or a backend's workers, each holding one."""
+
+    @property
+    def examples(self) -> int:
+        """How many examples the screening split holds."""
+        ...
+
+    def screen(self, configs: Sequence[PruneConfig], examples: slice) -> list[ScreenOutcome]:
+        """Each of ``configs`` screened on ``examples`` of the split; outcomes in their order."""
+        ...
+
+
+def screening_split(prepared: Prepared, fitness: Fitness, recovery_examples: int) -> Encoded:
+    """The examples a :class:`Screener` with ``fitness`` and ``recovery_examples`` scores:
+    the search split for ``metric``, else the pool after its first ``recovery_examples``.
+
+    Raises:
+        ValueError: If ``fitness`` is unknown, or ``recovery_examples`` is out of range.
+    """
+    if fitness not in FITNESSES:
+        raise ValueError(f"fitness must be one of {', '.join(FITNESSES)}; got {fitness!r}")
+    pool = prepared.data.pool
+    if not 0 <= recovery_examples < len(pool):
+        raise ValueError(
+            f"recovery_examples must be in [0, {len(pool)}) (the pool's size), "
+            f"got {recovery_examples}"
+        )
+    if fitness == "metric":
+        return prepared.data.search
+    return pool.subset(slice(recovery_examples, None))
+
+
 class Screener:
     """Scores PruneConfigs of one prepared study without retraining them.
 
@@ -119,14 +155,7 @@ class Screener:
         batch_size: int = 32,
         device: str | torch.device = "cpu",
     ) -> None:
-        if fitness not in FITNESSES:
-            raise ValueError(f"fitness must be one of {', '.join(FITNESSES)}; got {fitness!r}")
-        pool = prepared.data.pool
-        if not 0 <= recovery_examples < len(pool):
-            raise ValueError(
-                f"recovery_examples must be in [0, {len(pool)}) (the pool's size), "
-                f"got {recovery_examples}"
-            )
+        self.data: Encoded = screening_split(prepared, fitness, recovery_examples)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.prepared = prepared
@@ -137,11 +166,9 @@ class Screener:
         if next(dense.parameters()).device != self.device:
             dense = nn.Module.to(copy.deepcopy(dense), self.device)
         self.dense: PreTrainedModel = dense.eval()
-        scored = pool.subset(slice(recovery_examples, None))
-        self.data: Encoded = prepared.data.search if fitness == "metric" else scored
         self.calibration: Calibration | None = None
         if recovery_examples:
-            fitting = pool.subset(slice(0, recovery_examples)).batches(batch_size)
+            fitting = prepared.data.pool.subset(slice(0, recovery_examples)).batches(batch_size)
             self.calibration = Calibration.record(self.dense, [model_inputs(b) for b in fitting])
         self._dense_outputs: dict[tuple[int, int], list[torch.Tensor]] = {}
 
@@ -149,6 +176,12 @@ class Screener:
     def examples(self) -> int:
         """How many examples the screening split holds."""
         return len(self.data)
+
+    def screen(
+        self, configs: Sequence[PruneConfig], examples: slice = slice(None)
+    ) -> list[ScreenOutcome]:
+        """Each of ``configs`` screened on ``examples`` (:func:`screen_candidate`), in order."""
+        return [screen_candidate(self, config, examples) for config in configs]
 
     def candidate(self, config: PruneConfig) -> PreTrainedModel:
         """``config`` applied to the dense model (and refit, with recovery), on the device."""
@@ -253,7 +286,7 @@ def screen_candidate(
 
 
 def select(
-    screener: Screener,
+    screener: BatchScreener,
     candidates: Sequence[PruneConfig],
     schedule: Sequence[tuple[int, int]],
     on_outcome: Callable[[ScreenOutcome], None] | None = None,
@@ -267,10 +300,10 @@ def select(
     the best ``min(keep_i, candidates in)``; ties keep the earlier candidate.
 
     Args:
-        screener: What scores the candidates.
+        screener: What scores the candidates, a step's survivors in one list.
         candidates: The PruneConfigs to choose from.
         schedule: ``(examples, keep)`` per stage.
-        on_outcome: Called with every outcome as it is measured (to record it).
+        on_outcome: Called with every outcome, in the order measured (to record it).
 
     Returns:
         The last stage's survivors, best first, each with its outcome at that stage.
@@ -296,12 +329,10 @@ def select(
     ranked: list[ScreenOutcome] = []
     start = 0
     for n, keep in schedule:
-        outcomes = []
-        for config in survivors:
-            outcome = screen_candidate(screener, config, slice(start, start + n))
-            if on_outcome is not None:
+        outcomes = screener.screen(survivors, slice(start, start + n))
+        if on_outcome is not None:
+            for outcome in outcomes:
                 on_outcome(outcome)
-            outcomes.append(outcome)
         ranked = sorted(outcomes, key=lambda o: o.fitness)[:keep]
         survivors = [o.config for o in ranked]
         start += n

@@ -22,6 +22,10 @@ For each of ``objectives.targets``:
 
 Resuming continues each target where it stopped: screened candidates are not screened
 again, and finalists already retrained are not retrained.
+
+This module decides what is screened and retrained; an
+:class:`~autoprune.strategies.executor.Executor` of the study's backend decides where
+(in this process, or on Ray workers), and the records are the same either way.
 """
 
 from __future__ import annotations
@@ -33,20 +37,14 @@ from typing import Any
 import optuna
 
 from autoprune.engine.prune import PruneConfig
-from autoprune.run.execute import execute
 from autoprune.run.ledger import ORIGINS, STATUS, TARGET, Ledger
 from autoprune.run.rundir import open_study
-from autoprune.run.screen import (
-    Screener,
-    ScreenOutcome,
-    last_stage,
-    screen_candidate,
-    select,
-)
+from autoprune.run.screen import ScreenOutcome, last_stage, select
 from autoprune.run.session import Session
 from autoprune.search.budget import BudgetSpace
 from autoprune.search.controllers import EvoOptions, make_sampler
 from autoprune.search.targets import TargetEncoding
+from autoprune.strategies.executor import Executor
 
 log = logging.getLogger("autoprune")
 
@@ -57,19 +55,15 @@ def screening_study_name(target: float) -> str:
 
 
 class TargetedSearch:
-    """Screens and retrains at every target of a session's study (see the module)."""
+    """Screens and retrains at every target of a session's study (see the module), on
+    ``executor``."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, executor: Executor) -> None:
         spec = session.spec
         self.session = session
         self.spec = spec
+        self.executor = executor
         self.space = BudgetSpace(session.sizes, spec.objectives.size)
-        self.screener = Screener(
-            session.prepared,
-            fitness=spec.screening.fitness,
-            recovery_examples=spec.screening.recovery_examples,
-            device=session.settings.device,
-        )
         schedule = spec.screening.schedule
         self.final_slice = last_stage(schedule)  # where survivors compare
         self.fidelity = float(sum(n for n, _ in schedule))  # examples a candidate may see
@@ -139,25 +133,24 @@ class TargetedSearch:
             for t in study.get_trials(deepcopy=False)
         )
         if screened == 0:  # the first generation: the starts, on the survivors' slice
+            trials = []
             for params in self._starts(target, encoding):
                 study.enqueue_trial(params)
-                trial = study.ask(encoding.distributions())
-                config = encoding.config(trial.params)
-                ledger.start(trial.number, "search", config, "screen", self.fidelity)
-                outcome = screen_candidate(self.screener, config, self.final_slice)
+                trials.append(study.ask(encoding.distributions()))
+            configs = self._started(ledger, encoding, trials)
+            outcomes = self.executor.screen(configs, self.final_slice)
+            for trial, outcome in zip(trials, outcomes, strict=True):
                 ledger.record_screened(trial.number, outcome, survived=True)
-                screened += 1
+            screened += len(trials)
         started, first = time.perf_counter(), screened
         last: dict[str, ScreenOutcome] = {}  # each candidate's outcome at its last step
         while screened < screening.candidates:
             size = min(screening.offspring, screening.candidates - screened)
             trials = [study.ask(encoding.distributions()) for _ in range(size)]
-            configs = [encoding.config(t.params) for t in trials]
-            for trial, config in zip(trials, configs, strict=True):
-                ledger.start(trial.number, "search", config, "screen", self.fidelity)
+            configs = self._started(ledger, encoding, trials)
             last.clear()
             survivors = select(
-                self.screener,
+                self.executor,
                 configs,
                 screening.schedule,
                 on_outcome=lambda o: last.__setitem__(o.config.to_json(), o),
@@ -179,6 +172,15 @@ class TargetedSearch:
                 best.values[0],
                 best.number,
             )
+
+    def _started(
+        self, ledger: Ledger, encoding: TargetEncoding, trials: list[optuna.trial.Trial]
+    ) -> list[PruneConfig]:
+        """The configurations of ``trials``, each started in the ledger as a screening."""
+        configs = [encoding.config(t.params) for t in trials]
+        for trial, config in zip(trials, configs, strict=True):
+            ledger.start(trial.number, "search", config, "screen", self.fidelity)
+        return configs
 
     # -- retraining ------------------------------------------------------------------------
 
@@ -209,11 +211,10 @@ class TargetedSearch:
         return [(config, origins[key]) for key, config in configs.items()]
 
     def _retrain(self, target: float, screening: Ledger) -> None:
-        session = self.session
-        search = session.search
+        """Retrain the finalists at ``target`` that are not retrained yet, noting the target."""
         done = {
             PruneConfig.from_dict(t.user_attrs["config"]).to_json()
-            for t in search.study.get_trials(deepcopy=False)
+            for t in self.session.search.study.get_trials(deepcopy=False)
             if t.user_attrs.get(STATUS) == "complete" and t.user_attrs.get(TARGET) == target
         }
         finalists = [
@@ -227,7 +228,6 @@ class TargetedSearch:
             len(finalists),
             len(done),
         )
-        for config, origins in finalists:
-            number = search.study.ask().number
-            search.note(number, {TARGET: target, ORIGINS: origins})
-            execute(session.prepared, session.settings, search, number, config, "search")
+        self.executor.retrain(
+            [(config, {TARGET: target, ORIGINS: origins}) for config, origins in finalists]
+        )
