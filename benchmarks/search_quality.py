@@ -15,8 +15,11 @@ and each target size (0.5, 0.25 and 0.15 of the prunable parameters), over sever
 
 Every baseline is retrained exactly like the finalists (same recipe, same seed); uniform and
 global *are* finalists of the search (the same trial stands for both), layer-uniform is
-trained into the same run. Two modes: ``retrain`` (the study's distillation retraining) and
-``retrain-free`` (0 steps: the pruned models as they are).
+trained into the same run. Two modes are read from the same runs: ``retrain`` (after the
+study's distillation retraining; the search's choice is the finalist with the best search
+metric after retraining) and ``retrain-free`` (the same finalists and baselines as pruned,
+before any retraining; the choice is the finalist with the best search metric before
+retraining, which is what a search without retraining would pick from the same screening).
 
 Everything reported is read on the test split (GLUE dev), which no choice saw. For each task,
 target and mode: the test metric's mean and standard deviation over seeds per method, and the
@@ -55,6 +58,7 @@ from common import (  # noqa: E402
     write_results,
 )
 
+from autoprune.engine.prune import PruneConfig, prune  # noqa: E402
 from autoprune.reports.compare import (  # noqa: E402
     BASELINE_KINDS,
     METHODS,
@@ -65,6 +69,7 @@ from autoprune.reports.compare import (  # noqa: E402
 )
 from autoprune.reports.results import Run, load_run  # noqa: E402
 from autoprune.run.rundir import RunDir, study_name  # noqa: E402
+from autoprune.run.session import open_run  # noqa: E402
 from autoprune.strategies.targeted import screening_study_name  # noqa: E402
 from autoprune.workflow import opened_run, run_baselines, run_search  # noqa: E402
 
@@ -73,7 +78,7 @@ STUDIES = {
     "cola": REPO / "studies" / "targeted_cola.yaml",
 }
 TARGETS = (0.5, 0.25, 0.15)  # the default
-MODES = {"retrain": None, "retrain-free": 0}  # retraining steps (None: the study's)
+MODES = ("retrain", "retrain-free")
 COLOURS = {
     "searched": "#1f77b4",
     "uniform": "#ff7f0e",
@@ -85,25 +90,47 @@ RESAMPLES = 2000
 log = logging.getLogger("autoprune")
 
 
-def run_seed(root: Path, task: str, mode: str, seed: int, overrides: dict[str, Any]) -> Run:
-    """The task's targeted search and its layer-uniform baselines for one seed and mode."""
-    out = run_dir_sharing(root / task / mode / f"s{seed}", root / task / "prepared")
-    seeded = {**overrides, "controller.seed": seed, "retrain.seed": seed}
-    if MODES[mode] is not None:
-        seeded["retrain.steps"] = MODES[mode]
-    run_search(STUDIES[task], out, seeded)
+def run_seed(root: Path, task: str, seed: int, overrides: dict[str, Any]) -> Run:
+    """The task's targeted search and its layer-uniform baselines for one seed."""
+    out = run_dir_sharing(root / task / f"s{seed}", root / task / "prepared")
+    run_search(STUDIES[task], out, {**overrides, "controller.seed": seed, "retrain.seed": seed})
     targets = overrides["objectives.targets"]
     run_baselines(out, targets=[("layer-uniform", t) for t in targets])
     return load_run(out)
 
 
-def chosen(run: Run, target: float) -> dict[str, pd.Series]:
-    """Every method's trial at ``target`` (:func:`autoprune.reports.compare.at_target`)."""
+def chosen(run: Run, target: float, mode: str) -> dict[str, pd.Series]:
+    """Every method's trial at ``target`` (:func:`autoprune.reports.compare.at_target`);
+    retrain-free, the search's choice is the finalist with the best search metric before
+    retraining."""
     found = at_target(run, target)
     missing = [method for method in METHODS if method not in found]
     if missing:
         raise RuntimeError(f"{run.path}: no {', '.join(missing)} trial at target {target}")
+    if mode == "retrain-free":
+        finalists = run.complete("search")
+        finalists = finalists[finalists["target"] == target]
+        ordered = finalists.sort_values("metric_search_before", ascending=run.higher_is_better)
+        found["searched"] = ordered.iloc[-1]
     return found
+
+
+class Unretrained:
+    """Test outputs of a run's trials as pruned, before retraining (computed here: a trial
+    records its test outputs after retraining only)."""
+
+    def __init__(self, run: Run) -> None:
+        self.prepared = open_run(run.path).prepared
+        self.cache: dict[str, torch.Tensor] = {}
+
+    def outputs(self, row: pd.Series) -> torch.Tensor:
+        config = PruneConfig(heads=list(row["heads"]), ffn=list(row["ffn"]))
+        key = config.to_json()
+        if key not in self.cache:
+            prepared = self.prepared
+            model = prune(prepared.model, config, prepared.scores)
+            self.cache[key] = prepared.task.example_outputs(model, prepared.data.test)
+        return self.cache[key]
 
 
 def phase_seconds(run: Run) -> dict[str, float]:
@@ -134,16 +161,22 @@ def compare(runs: list[Run], task: str, mode: str) -> tuple[list[dict[str, Any]]
     """The ``comparisons`` entries of one task and mode (one per target), and the rows of
     every chosen trial."""
     model_task, test = held_out(runs[0])
+    unretrained = [Unretrained(run) for run in runs] if mode == "retrain-free" else []
     comparisons, rows = [], []
     for target in runs[0].spec.objectives.targets:
-        picks = [chosen(run, target) for run in runs]
-        metrics = {m: summarize([float(p[m]["metric_test"]) for p in picks]) for m in METHODS}
-        best = max(BASELINE_KINDS, key=lambda m: metrics[m]["mean"])
-        if runs[0].direction == "minimize":
-            best = min(BASELINE_KINDS, key=lambda m: metrics[m]["mean"])
-        outputs = {
-            m: [outputs_of(r, p[m]) for r, p in zip(runs, picks, strict=True)] for m in METHODS
+        picks = [chosen(run, target, mode) for run in runs]
+        outputs: dict[str, list[torch.Tensor]] = {}
+        for method in METHODS:
+            if mode == "retrain-free":
+                found = [u.outputs(p[method]) for u, p in zip(unretrained, picks, strict=True)]
+            else:
+                found = [outputs_of(r, p[method]) for r, p in zip(runs, picks, strict=True)]
+            outputs[method] = found
+        metrics = {
+            m: summarize([model_task.metric_of(o, test) for o in outputs[m]]) for m in METHODS
         }
+        ordered = sorted(BASELINE_KINDS, key=lambda m: model_task.score(metrics[m]["mean"]))
+        best = ordered[-1]
         gap = paired_bootstrap(
             model_task, test, outputs["searched"], outputs[best], resamples=RESAMPLES
         )
@@ -173,9 +206,11 @@ def compare(runs: list[Run], task: str, mode: str) -> tuple[list[dict[str, Any]]
                         "target": target,
                         "seed": seed,
                         "method": method,
+                        "trial": int(row["trial"]),
                         "size": float(row["size"]),
+                        "metric_search_before": float(row["metric_search_before"]),
                         "metric_search": float(row["metric_search"]),
-                        "metric_test": float(row["metric_test"]),
+                        "metric_test": metrics[method]["values"][seed],
                         "heads": list(row["heads"]),
                         "ffn": list(row["ffn"]),
                     }
@@ -261,7 +296,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="targeted search against baselines")
     parser.add_argument("--tasks", default="sst2,cola")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--candidates", type=int, default=256, help="screened per target")
+    parser.add_argument("--candidates", type=int, default=96, help="screened per target")
     parser.add_argument(
         "--targets", default=",".join(map(str, TARGETS)), help="sizes, comma-separated"
     )
@@ -302,30 +337,29 @@ def main() -> None:
         spent = {"preparation": time.perf_counter() - prepared_at}
         spent.update({"screening": 0.0, "retraining": 0.0})
         candidates = 0
+        runs = []
+        for seed in range(args.seeds):
+            log.info("=== %s, seed %d ===", task, seed)
+            run = run_seed(root, task, seed, overrides)
+            runs.append(run)
+            phases = phase_seconds(run)
+            spent["screening"] += phases["screening"]
+            spent["retraining"] += phases["retraining"]
+            candidates += int(phases["candidates"])
+        dense = runs[0].dense
+        report["tasks"][task] = {
+            "metric": runs[0].metric,
+            "dense_test": dense.metric_test,
+            "dense_search": dense.metric_search,
+            "minutes": {phase: seconds / 60 for phase, seconds in spent.items()},
+            "candidates_screened": candidates,
+            "plot": f"search_quality_{task}.png",
+        }
         for mode in MODES:
-            runs = []
-            for seed in range(args.seeds):
-                log.info("=== %s, %s, seed %d ===", task, mode, seed)
-                run = run_seed(root, task, mode, seed, overrides)
-                runs.append(run)
-                phases = phase_seconds(run)
-                spent["screening"] += phases["screening"]
-                spent["retraining"] += phases["retraining"]
-                candidates += int(phases["candidates"])
             comparisons, rows = compare(runs, task, mode)
             report["comparisons"] += comparisons
             report["trials"] += rows
-            dense = runs[0].dense
-            report["tasks"][task] = {
-                "metric": runs[0].metric,
-                "dense_test": dense.metric_test,
-                "dense_search": dense.metric_search,
-                "minutes": {phase: seconds / 60 for phase, seconds in spent.items()},
-                "candidates_screened": candidates,
-                "plot": f"search_quality_{task}.png",
-            }
-            report["minutes"] = (time.perf_counter() - started) / 60
-            write_results("search_quality", report, markdown(report), results)
+        report["minutes"] = (time.perf_counter() - started) / 60
         plot(report, task, results / f"search_quality_{task}.png")
         write_results("search_quality", report, markdown(report), results)
     log.info("done in %.0f minutes", (time.perf_counter() - started) / 60)
