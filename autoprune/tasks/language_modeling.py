@@ -92,9 +92,10 @@ class LanguageModeling(Task):
         divergence at ``temperature`` (times ``temperature^2``) plus ``1 - weight`` times the
         cross entropy; the mean over windows."""
         logits = model(**model_inputs(batch)).logits[:, :-1]  # (batch, positions, vocab)
+        log_probs = F.log_softmax(logits.float(), dim=-1)  # (batch, positions, vocab)
         targets, mask = _targets(batch)  # (batch, positions) each
-        hard = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
-        soft = top_k_kl(logits, teacher, temperature) * temperature**2  # (batch, positions)
+        hard = -log_probs.gather(-1, targets[..., None])[..., 0]  # (batch, positions)
+        soft = top_k_kl(log_probs, teacher, temperature) * temperature**2  # (batch, positions)
         per_token = weight * soft + (1 - weight) * hard  # (batch, positions)
         return ((per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
 
@@ -106,8 +107,9 @@ class LanguageModeling(Task):
         for rows in _chunks(model, batch):
             part = _part(batch, rows)
             logits = model(**model_inputs(part)).logits[:, :-1]  # (chunk, positions, vocab)
+            log_probs = F.log_softmax(logits.float(), dim=-1)  # (chunk, positions, vocab)
             _, mask = _targets(part)  # (chunk, positions)
-            values.append(top_k_kl(logits, teacher[rows], 1.0)[mask.bool()])  # (tokens,)
+            values.append(top_k_kl(log_probs, teacher[rows], 1.0)[mask.bool()])  # (tokens,)
         return torch.cat(values)
 
     def teacher_targets(self, model: PreTrainedModel, batch: Batch) -> torch.Tensor:
@@ -163,7 +165,8 @@ def _nll(model: PreTrainedModel, batch: Batch) -> tuple[torch.Tensor, torch.Tens
         part = _part(batch, rows)
         logits = model(**model_inputs(part)).logits[:, :-1]  # (chunk, positions, vocab)
         targets, mask = _targets(part)  # (chunk, positions) each
-        per_token = F.cross_entropy(logits.float().transpose(1, 2), targets, reduction="none")
+        flat = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+        per_token = flat.view(targets.shape)  # (chunk, positions)
         nll.append((per_token * mask).sum(dim=1))  # (chunk,)
         tokens.append(mask.sum(dim=1))  # (chunk,)
     return torch.cat(nll), torch.cat(tokens)
@@ -210,7 +213,7 @@ def _rest(log_probs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return others.logsumexp(dim=-1, keepdim=True).clamp(min=_EMPTY)  # (..., 1)
 
 
-def top_k_kl(logits: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+def top_k_kl(log_probs: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """``KL(teacher || student)`` per position over the teacher's ``k`` tokens and the rest,
     ``(batch, positions)``.
 
@@ -220,13 +223,13 @@ def top_k_kl(logits: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
     ``temperature``.
 
     Args:
-        logits: The student's ``(batch, positions, vocab)`` logits.
+        log_probs: The student's ``(batch, positions, vocab)`` log-probabilities (at
+            temperature 1).
         teacher: :func:`top_k_targets` rows for the same positions, ``(batch, positions, 2k+1)``.
         temperature: The softening temperature.
     """
     k = (teacher.shape[-1] - 1) // 2
     ids = teacher[..., k + 1 :].long()  # (batch, positions, k)
-    log_probs = F.log_softmax(logits.float(), dim=-1)  # (batch, positions, vocab)
     student = torch.cat([log_probs.gather(-1, ids), _rest(log_probs, ids)], dim=-1)
     t = F.log_softmax(teacher[..., : k + 1] / temperature, dim=-1)  # (batch, positions, k+1)
     s = F.log_softmax(student / temperature, dim=-1)  # (batch, positions, k+1)
