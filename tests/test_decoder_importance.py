@@ -64,7 +64,7 @@ def test_activation_scores_make_every_row_equally_sparse() -> None:
 
 
 def test_wanda_goes_layer_by_layer_through_the_sparse_model() -> None:
-    model, calibration = tiny_llama(), [{k: v for k, v in b.items()} for b in batches()]
+    model, calibration = tiny_llama(), batches()
     dense = autoprune.importance(model, calibration, "activation", loss=loss)
     arch = autoprune.describe(model)
 
@@ -78,11 +78,8 @@ def test_wanda_goes_layer_by_layer_through_the_sparse_model() -> None:
     last_only = masks(sparsify(model, calibration, [0.0, 0.0, 0.5]))
     every = masks(sparsify(model, calibration, [0.5, 0.5, 0.5]))
     one_pass = masks(autoprune.prune(model, PruneConfig.uniform(arch, sparsity=0.5), dense))
-    assert (
-        first_only[1] == {}
-        and last_only[0] == {}
-        and model.model.layers[0].mlp.up_proj.weight.ne(0).all()
-    )
+    assert first_only[1] == {} and last_only[0] == {}  # layers at 0 stay unmasked
+    assert not any(isinstance(m, Masked) for m in model.modules())  # the model is untouched
     for name, mask in every[0].items():  # the first layer sees the dense inputs either way
         assert torch.equal(mask, first_only[0][name]) and torch.equal(mask, one_pass[0][name])
         assert (mask == 0).sum(dim=1).tolist() == [round(0.5 * mask.shape[1])] * mask.shape[0]

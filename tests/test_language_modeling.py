@@ -150,9 +150,9 @@ def test_each_task_refuses_the_other_tasks_keys(tmp_path: Path) -> None:
     refused = {"task": "classification", "data.text": ["text"], "data.search_samples": 10}
     with pytest.raises(StudyError, match="objectives.reference, retrain.top_k: settings of a lan"):
         load_study(study, refused)
+    no_text = {"task": "classification", "objectives.reference": None, "retrain.top_k": None}
     with pytest.raises(StudyError, match="data.text: name the column"):
-        load_study(study, {"task": "classification", "objectives.reference": None,
-                           "retrain.top_k": None})  # fmt: skip
+        load_study(study, no_text)
 
 
 @pytest.fixture(scope="module")
@@ -206,8 +206,8 @@ def test_an_exported_language_model_measures_what_its_run_recorded(lm_runs, tmp_
     run = load_run(lm_runs[1])
     best = run.complete("search").sort_values("metric_search").iloc[0]
     out = tmp_path / "export"
-    assert cli.main(["-q", "export", str(lm_runs[1]), "--trial", str(best["trial"]),
-                     "--out", str(out)]) == 0  # fmt: skip
+    trial = ["--trial", str(best["trial"])]
+    assert cli.main(["-q", "export", str(lm_runs[1]), *trial, "--out", str(out)]) == 0
     model, tokenizer = autoprune.load_pruned(out)
     assert tokenizer is not None and model.config.model_type == "llama"
     data = load_windows(run.spec.data, tokenizer, run.spec.max_length)

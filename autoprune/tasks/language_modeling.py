@@ -114,16 +114,17 @@ class LanguageModeling(Task):
 
     def teacher_targets(self, model: PreTrainedModel, batch: Batch) -> torch.Tensor:
         """Per position, the dense model's top-k log-probabilities, the rest's, and the top-k
-        token ids, packed as ``(batch, positions, 2k + 1)`` (see :func:`top_k_targets`)."""
+        token ids, packed as ``(batch, positions, 2k + 1)`` (see :func:`top_k_targets`).
+
+        Rows cached for a split line up with its batches because windows are never padded
+        (:func:`~autoprune.tasks.data.load_windows`), so no batch is trimmed shorter.
+        """
+        parts = []
         with torch.inference_mode():
-            return torch.cat(
-                [
-                    top_k_targets(
-                        model(**model_inputs(_part(batch, rows))).logits[:, :-1], self.top_k
-                    )
-                    for rows in _chunks(model, batch)
-                ]
-            )
+            for rows in _chunks(model, batch):
+                logits = model(**model_inputs(_part(batch, rows))).logits[:, :-1]
+                parts.append(top_k_targets(logits, self.top_k))  # (chunk, positions, 2k + 1)
+        return torch.cat(parts)
 
     def example_outputs(self, model: PreTrainedModel, data: Encoded) -> torch.Tensor:
         """Per window, its summed next-token NLL and its predicted-token count, ``(windows,
