@@ -274,3 +274,89 @@ def tiny_run(tmp_path_factory) -> Path:
     out = study.parent / "run"
     assert cli.main(["-q", "search", str(study), "--out", str(out)]) == 0
     return out
+
+
+def byte_level_tokenizer():
+    """A byte-level tokenizer without merges: one token per byte (256 tokens), any text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {symbol: i for i, symbol in enumerate(bytes_to_unicode().values())}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+
+
+def tiny_llama_dir(directory: Path) -> Path:
+    """A tiny random Llama decoder (2 layers, 4 query heads over 2 key/value heads, 256-token
+    vocabulary) and a byte-level tokenizer, saved as a model directory."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    directory.mkdir(parents=True, exist_ok=True)
+    byte_level_tokenizer().save_pretrained(directory)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=256,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+def tiny_text(lines: int, seed: int) -> str:
+    """``lines`` lines of words drawn from :data:`WORDS`, with a little structure to learn."""
+    import random
+
+    rng = random.Random(seed)
+    return "\n".join(
+        " ".join(f"w{rng.randrange(10)} w{rng.randrange(10, 20)}" for _ in range(4))
+        for _ in range(lines)
+    )
+
+
+def tiny_lm_study(directory: Path, **sections: object) -> Path:
+    """A language-modelling study on :func:`tiny_llama_dir` over a few lines of text (about
+    36 training and 10 test windows of 16 bytes) that prepares and runs in seconds;
+    ``sections`` replace top-level keys."""
+    model = tiny_llama_dir(directory / "model")
+    (directory / "train.txt").write_text(tiny_text(24, seed=0))
+    (directory / "test.txt").write_text(tiny_text(7, seed=1))
+    space = directory / "space.yaml"
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "heads": {"min": 0.0, "max": 1.0, "step": 0.5},  # whole key/value groups
+                "ffn": {"min": 0.0, "max": 1.0, "step": 0.25},
+            }
+        )
+    )
+    study = {
+        "name": "tiny-lm",
+        "task": "language_modeling",
+        "model": {"source": str(model)},
+        "data": {
+            "train": str(directory / "train.txt"),
+            "test": str(directory / "test.txt"),
+            "search_samples": 12,
+        },
+        "max_length": 16,
+        "finetune": {"steps": 0},
+        "importance": {"method": "fisher", "samples": 8, "batch_size": 4},
+        "search_space": str(space),
+        "objectives": {"size": "prunable", "reference": 1000.0},
+        "budget": {"trials": 2},
+        "retrain": {"steps": 2, "batch_size": 4, "top_k": 8},
+        "baseline": {"ratios": []},
+        "device": "cpu",
+        **sections,
+    }
+    path = directory / "tiny_lm.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path

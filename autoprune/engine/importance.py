@@ -10,6 +10,11 @@ Every criterion is one small class behind :class:`Criterion`, returning :class:`
 - ``fisher``: Kwon et al. 2022, "A Fast Post-Training Pruning Framework for Transformers":
   the empirical Fisher information of each gate, the sum over examples of the squared
   per-example gate gradient; ``sum (w * dL/dw)^2`` per weight.
+- ``activation``: from one forward pass over calibration data, no gradient: a head's
+  (neuron's) mean output norm over tokens (Muralidharan et al. 2024, "Compact Language Models
+  via Pruning and Knowledge Distillation", Minitron's width importance); ``|w|`` times the L2
+  norm of its input feature per weight, compared within each output row (Sun et al. 2023, "A
+  Simple and Effective Pruning Approach for Large Language Models", Wanda).
 - ``random``: uniform random scores, the control.
 """
 
@@ -22,15 +27,17 @@ from typing import ClassVar, Literal
 import torch
 from transformers import PreTrainedModel
 
+from autoprune.engine.activations import FeatureSquares, InputRecorder
 from autoprune.engine.arch import describe, family_of
 from autoprune.engine.gates import gated
 from autoprune.engine.groups import LayerGroups, Unit
 from autoprune.engine.projections import as_matrix, matrix_shape
 from autoprune.engine.scores import Scores
 from autoprune.engine.sparsity import effective_weight
+from autoprune.engine.wanda import wanda_scores
 from autoprune.progress import progress
 
-Method = Literal["magnitude", "taylor", "fisher", "random"]
+Method = Literal["magnitude", "taylor", "fisher", "activation", "random"]
 Batch = Mapping[str, torch.Tensor]
 Loss = Callable[[PreTrainedModel, Batch], torch.Tensor]
 """``loss(model, batch)``: a scalar, the sum over the batch's examples of each one's loss."""
@@ -196,6 +203,67 @@ class Fisher(_GateGradient):
         return gradient.pow(2)
 
 
+class Activation(Criterion):
+    """Activation norms over calibration data (Minitron for units, Wanda for weights).
+
+    A head scores the mean over real tokens of the L2 norm of its output (its ``head_dim``
+    inputs to the attention output projection), a neuron the mean of the absolute value of
+    its activation (its input to the feed-forward output projection). A weight scores ``|w|``
+    times the L2 norm over real tokens of its input feature; the scores are compared within
+    each output row (``Scores.scope == "row"``), as Wanda prunes. Scores rank units within a
+    kind (heads, neurons), not across kinds. ``loss`` is only run for its forward pass.
+    """
+
+    name = "activation"
+
+    def score(self, model: PreTrainedModel, batches: Iterable[Batch], loss: Loss) -> Scores:
+        family = family_of(model)
+        groups = family.groups(model)
+        readers = {groups.gate(unit).path: groups.gate(unit) for unit in ("head", "neuron")}
+        linears = [groups.linears(layer) for layer in family.layers(model)]
+        squares = FeatureSquares[tuple[int, str]]()
+        norms: dict[tuple[int, str], torch.Tensor] = {}  # per unit, summed over tokens
+
+        def record(key: tuple[int, str], inputs: torch.Tensor) -> None:
+            squares(key, inputs)
+            if key[1] in readers:
+                width = readers[key[1]].width
+                shape = (len(inputs), inputs.shape[1] // width, width)
+                units = inputs.float().view(shape)  # (tokens, units, width)
+                found = units.norm(dim=-1).sum(dim=0)  # (units,)
+                norms[key] = norms[key] + found if key in norms else found
+
+        modules = {(i, p): lin for i, ls in enumerate(linears) for p, lin in ls.items()}
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            with InputRecorder(modules, record) as recorder, torch.no_grad():
+                for batch in progress(batches, f"importance ({self.name})"):
+                    batch = {k: v.to(device) for k, v in batch.items()}
+                    recorder.mask = batch.get("attention_mask")
+                    loss(model, batch)
+        finally:
+            model.train(was_training)
+        if not squares.tokens:
+            raise ValueError(f"importance ({self.name}) needs data: no batch was given")
+        arch = describe(model)
+
+        def mean_norms(layer: int, unit: Literal["head", "neuron"], count: int) -> torch.Tensor:
+            key = (layer, groups.gate(unit).path)
+            if key not in norms:
+                return torch.zeros(count)
+            return (norms[key] / max(squares.tokens[key], 1)).cpu()  # (units,)
+
+        heads = [mean_norms(i, "head", n) for i, n in enumerate(arch.heads)]
+        neurons = [mean_norms(i, "neuron", n) for i, n in enumerate(arch.ffn)]
+        weights = [
+            {p: wanda_scores(lin, squares.sums[(i, p)]).cpu() for p, lin in ls.items()}
+            for i, ls in enumerate(linears)
+        ]
+        return Scores(self.name, heads, neurons, weights, scope="row")
+
+
 class RandomScores(Criterion):
     """Uniform random scores from a generator seeded with 0 (the same every time); the control."""
 
@@ -219,7 +287,7 @@ class RandomScores(Criterion):
 
 
 CRITERIA: dict[Method, type[Criterion]] = {
-    c.name: c for c in (Magnitude, Taylor, Fisher, RandomScores)
+    c.name: c for c in (Magnitude, Taylor, Fisher, Activation, RandomScores)
 }
 
 

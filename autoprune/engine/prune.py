@@ -308,9 +308,11 @@ def prune(model: PreTrainedModel, config: PruneConfig, scores: Scores) -> PreTra
     the weight matrices (without grouped-query attention: the ``heads[l]`` highest-scored
     heads). Then exactly ``round(config.sparsity[l] * n)`` of the layer's ``n`` remaining
     linear weights, the lowest-scored, are zero and held at zero by masks
-    (:func:`autoprune.engine.sparsity.masked`). Layers that ``config.layers`` drops are
-    taken out of the model last; the model then computes what the one it was pruned to,
-    without those layers, computes, and its config records them
+    (:func:`autoprune.engine.sparsity.masked`); for scores compared per output row
+    (``scores.scope == "row"``), ``round(config.sparsity[l] * n)`` of every row's ``n``.
+    Layers that ``config.layers`` drops are taken out of the model last; the model then
+    computes what the one it was pruned to, without those layers, computes, and its config
+    records them
     (:meth:`autoprune.engine.arch.Family.drop_layers`).
 
     Raises:
@@ -345,7 +347,7 @@ def prune(model: PreTrainedModel, config: PruneConfig, scores: Scores) -> PreTra
                 )
             dim, keep = plan[path]
             layer_scores[path] = scores.weights[index][path].index_select(dim, keep)
-        masks = lowest_scored_masks(layer_scores, config.sparsity[index])
+        masks = lowest_scored_masks(layer_scores, config.sparsity[index], scores.scope)
         for path, linear in linears.items():
             layer.set_submodule(path, masked(linear, masks[path]))
     if config.layers is not None:

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from autoprune.engine.activations import real_tokens
 from autoprune.engine.arch import describe, family_of
 from autoprune.engine.projections import Projection, as_matrix, is_projection
 from autoprune.engine.sparsity import effective_weight
@@ -43,15 +44,6 @@ Block = Literal["head", "neuron"]
 """A block, named by the units its output projection reads: attention (``head``) or
 feed-forward (``neuron``)."""
 BLOCKS: tuple[Block, ...] = ("head", "neuron")
-
-
-def _tokens(hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
-    """The rows of ``hidden`` ``(batch, seq, features)`` at real tokens, padding dropped:
-    ``(tokens, features)``."""
-    mask = batch.get("attention_mask")
-    if mask is None:
-        return hidden.reshape(-1, hidden.shape[-1])  # (batch * seq, features)
-    return hidden[mask.to(hidden.device).bool()]  # (tokens, features)
 
 
 def _forward(model: PreTrainedModel, batch: Batch) -> None:
@@ -78,7 +70,8 @@ def _block_outputs(model: PreTrainedModel, batches: Iterable[Batch]) -> list[lis
 
     def keeper(index: int) -> Callable[[nn.Module, tuple[torch.Tensor, ...], torch.Tensor], None]:
         def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-            found[index].append(_tokens(out.detach(), current[-1]))  # (tokens, hidden)
+            mask = current[-1].get("attention_mask")
+            found[index].append(real_tokens(out.detach(), mask))  # (tokens, hidden)
 
         return hook
 
@@ -111,7 +104,8 @@ def _block_inputs(
     current: list[Batch] = []
 
     def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-        found.append(_tokens(inputs[0].detach(), current[-1]))  # (tokens, units * width)
+        mask = current[-1].get("attention_mask")
+        found.append(real_tokens(inputs[0].detach(), mask))  # (tokens, units * width)
         raise _Reached
 
     handle = projection(model, layer, block).register_forward_pre_hook(hook)

@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from autoprune.engine.arch import Architecture
+from autoprune.engine.sparsity import Scope
 
 
 @dataclass
@@ -27,12 +28,15 @@ class Scores:
         neurons: Per layer, a ``(ffn_width,)`` tensor.
         weights: Per layer, the prunable linear layers' paths (relative to the layer) mapped
             to ``(out_features, in_features)`` tensors, one score per weight.
+        scope: Which weights' scores compare when a layer is made sparse: the whole layer's,
+            or each output row's (:data:`autoprune.engine.sparsity.Scope`).
     """
 
     method: str
     heads: list[torch.Tensor]
     neurons: list[torch.Tensor]
     weights: list[dict[str, torch.Tensor]]
+    scope: Scope = "layer"
 
     def check(self, arch: Architecture) -> None:
         """Raise ``ValueError`` naming the layer if these scores do not fit ``arch``."""
@@ -57,7 +61,11 @@ class Scores:
             tensors[f"neurons.{layer}"] = self.neurons[layer].contiguous()
             for name, scores in self.weights[layer].items():
                 tensors[f"weights.{layer}.{name}"] = scores.contiguous()
-        metadata = {"method": self.method, "num_layers": json.dumps(len(self.heads))}
+        metadata = {
+            "method": self.method,
+            "num_layers": json.dumps(len(self.heads)),
+            "scope": self.scope,
+        }
         save_file(tensors, str(path), metadata=metadata)
 
     @classmethod
@@ -82,4 +90,5 @@ class Scores:
             heads=[tensors[f"heads.{layer}"] for layer in range(num_layers)],
             neurons=[tensors[f"neurons.{layer}"] for layer in range(num_layers)],
             weights=weights,
+            scope="row" if metadata.get("scope") == "row" else "layer",
         )

@@ -10,7 +10,7 @@ saving.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import cast
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -82,17 +82,29 @@ def masked(layer: Projection, mask: torch.Tensor) -> Masked:
     return new
 
 
-def lowest_scored_masks(
-    scores: Mapping[str, torch.Tensor], sparsity: float
-) -> dict[str, torch.Tensor]:
-    """0/1 masks zeroing exactly ``round(sparsity * n)`` of the ``n`` weights, lowest scores first.
+Scope = Literal["layer", "row"]
+"""Which weights compete for a layer's sparsity: all of the layer's prunable weights together
+(``layer``: a matrix whose weights matter less gives up more of them), or those of each output
+row of each matrix (``row``, Wanda's comparison group: every row gives up the same share)."""
 
-    The weights of all the given matrices compete together (one threshold per layer), so a
-    matrix whose weights matter less gives up more of them.
+
+def lowest_scored_masks(
+    scores: Mapping[str, torch.Tensor], sparsity: float, scope: Scope = "layer"
+) -> dict[str, torch.Tensor]:
+    """0/1 masks zeroing the lowest-scored weights of ``(out, in)`` score matrices.
+
+    With ``scope="layer"`` exactly ``round(sparsity * n)`` of all ``n`` weights are zeroed
+    (one threshold for the layer); with ``scope="row"`` exactly ``round(sparsity * in)`` in
+    every row of every matrix.
     """
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     masks = {name: torch.ones_like(s, dtype=torch.float32) for name, s in scores.items()}
+    if scope == "row":
+        for name, s in scores.items():
+            lowest = torch.topk(s.float(), round(sparsity * s.shape[1]), dim=1, largest=False)
+            masks[name].scatter_(1, lowest.indices, 0.0)  # (out, in)
+        return masks
     if not scores:
         return masks
     flat = torch.cat([s.reshape(-1).float() for s in scores.values()])

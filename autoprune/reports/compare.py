@@ -98,8 +98,8 @@ def paired_bootstrap(
 
 def held_out(run: Run) -> tuple[Task, Encoded]:
     """The run's task and its test split, read from its prepared work."""
-    data = TaskData.load(run.path / "prepared" / "data", run.spec.data.metric)
-    return make_task(run.spec.task, data, run.spec.model.num_labels), data.test
+    data = TaskData.load(run.path / "prepared" / "data")
+    return make_task(run.spec.task, data, run.spec.task_settings()), data.test
 
 
 def outputs_of(run: Run, row: pd.Series) -> torch.Tensor:

@@ -52,7 +52,7 @@ class Run:
     metric: str
     direction: Direction
     reference: float
-    test_outputs: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    test_outputs: dict[tuple[str, int], list[Any]] = field(default_factory=dict)
 
     @property
     def higher_is_better(self) -> bool:

@@ -30,9 +30,9 @@ from autoprune.engine.scores import Scores
 from autoprune.engine.serialize import load_pruned, save_pruned
 from autoprune.run.rundir import write_atomically
 from autoprune.search.spec import StudyError, StudySpec
-from autoprune.tasks import Task, make_task
+from autoprune.tasks import Task, load_data, make_task
 from autoprune.tasks.base import Batch
-from autoprune.tasks.data import DataNotFoundError, Encoded, TaskData, load_task
+from autoprune.tasks.data import DataNotFoundError, Encoded, TaskData
 from autoprune.tasks.train import Recipe, train
 
 log = logging.getLogger("autoprune")
@@ -185,14 +185,14 @@ def prepare(spec: StudySpec, directory: Path, device: torch.device) -> Prepared:
 
     data_dir = directory / "data"
     if data_dir.is_dir():
-        data = TaskData.load(data_dir, spec.data.metric)
+        data = TaskData.load(data_dir)
     else:
         log.info("reading and tokenizing the task")
-        data = load_task(spec.data, tokenizer, spec.max_length)
+        data = load_data(spec.task, spec.data, tokenizer, spec.max_length)
         write_atomically(data_dir, data.save)
     sizes = len(data.search), len(data.test), len(data.pool)
     log.info("data: %d search, %d test, %d pool examples", *sizes)
-    task = make_task(spec.task, data, spec.model.num_labels)
+    task = make_task(spec.task, data, spec.task_settings())
 
     if dense_dir.is_dir():
         model, _ = load_pruned(dense_dir)

@@ -86,8 +86,9 @@ class TrialOutcome:
         rungs: The search metric at each rung reached, by step.
         stopped_at: The rung where early stopping ended the trial, or None.
         test_outputs: The task's per-example outputs on the test split
-            (:meth:`~autoprune.tasks.Task.example_outputs`), from which paired comparisons
-            between trials are computed; None where ``metric_test`` is.
+            (:meth:`~autoprune.tasks.Task.example_outputs`: a number or a row per example),
+            from which paired comparisons between trials are computed; None where
+            ``metric_test`` is.
     """
 
     config: PruneConfig
@@ -102,7 +103,7 @@ class TrialOutcome:
     fidelity: float = 0.0
     rungs: dict[str, float] = field(default_factory=dict)
     stopped_at: int | None = None
-    test_outputs: list[float] | None = None
+    test_outputs: list[Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; :meth:`from_dict` reads it back."""

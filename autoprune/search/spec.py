@@ -20,10 +20,13 @@ from autoprune.engine.measure import SizeUnit
 from autoprune.errors import AutopruneError
 from autoprune.search.controllers import ControllerName, validate_options
 from autoprune.sections import Section
-from autoprune.tasks import TaskKind
+from autoprune.tasks import TaskKind, TaskSettings
+from autoprune.tasks.base import TeacherMode
 from autoprune.tasks.data import DataSpec
 
 BackendName = Literal["local", "ray"]
+CLASSIFIER_DATA = ("label", "labels", "metric", "seed")
+"""The ``data:`` keys only a classification task reads."""
 Fitness = Literal["kl", "hidden", "loss", "metric"]
 """What a screened candidate is scored by; lower is better for every kind
 (:mod:`autoprune.run.screen` says how each is measured)."""
@@ -68,10 +71,16 @@ class ControllerSpec(Section):
 
 
 class ObjectivesSpec(Section):
-    """The task's metric goes its own way (up for accuracy); ``size`` (a ratio to the dense
-    model) is minimized."""
+    """The task's metric goes its own way (up for accuracy, down for perplexity); ``size`` (a
+    ratio to the dense model) is minimized."""
 
     size: SizeUnit = "prunable"
+    reference: float | None = Field(
+        default=None,
+        gt=1,
+        description="a language model's perplexity cap, where its hypervolume counts from "
+        "(a classifier's is its chance level)",
+    )
     min_size: float | None = Field(default=None, ge=0, le=1)
     max_size: float | None = Field(default=None, gt=0, le=1)
     targets: list[float] = Field(
@@ -135,6 +144,17 @@ class RetrainSpec(Section):
     distill_weight: float = Field(default=0.5, ge=0, le=1)
     samples: int | None = Field(default=None, ge=1, description="pool examples to use")
     seed: int = 0
+    teacher: TeacherMode | None = Field(
+        default=None,
+        description="a language model's teacher: cached (its targets computed once per run, "
+        "the default) or online (the dense model runs beside the student in every step)",
+    )
+    top_k: int | None = Field(
+        default=None,
+        ge=1,
+        description="a language model's teacher targets: its k most likely tokens per "
+        "position (default 32), what distillation and screening read; exact at the vocabulary",
+    )
 
 
 class EarlyStoppingSpec(Section):
@@ -228,13 +248,57 @@ class StudySpec(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _settings_of_the_task(self) -> StudySpec:
+        """Settings that only the other kind of task reads are refused, not ignored."""
+        if self.task == "classification":
+            unread = [
+                key
+                for key, value in (
+                    ("objectives.reference", self.objectives.reference),
+                    ("retrain.teacher", self.retrain.teacher),
+                    ("retrain.top_k", self.retrain.top_k),
+                )
+                if value is not None
+            ]
+            if unread:
+                raise ValueError(f"{', '.join(unread)}: settings of a language_modeling task")
+            if self.data.text is None:
+                raise ValueError("data.text: name the column (or pair of columns) of the text")
+            return self
+        defaults = DataSpec.model_fields
+        unread = [
+            f"data.{k}" for k in CLASSIFIER_DATA if getattr(self.data, k) != defaults[k].default
+        ]
+        if self.model.num_labels is not None:
+            unread.append("model.num_labels")
+        if unread:
+            raise ValueError(f"{', '.join(unread)}: settings of a classification task")
+        if self.objectives.reference is None:
+            raise ValueError(
+                "objectives.reference: a language model's hypervolume counts from a stated "
+                "perplexity cap; give one (e.g. 200)"
+            )
+        return self
+
+    def task_settings(self) -> TaskSettings:
+        """What the study says about its task besides its data."""
+        return TaskSettings(
+            metric=self.data.metric,
+            num_labels=self.model.num_labels,
+            reference=self.objectives.reference,
+            teacher=self.retrain.teacher,
+            top_k=self.retrain.top_k,
+        )
+
     def prepared_fingerprint(self) -> dict[str, Any]:
         """The parts of the study that decide the prepared work (cached once per run)."""
         dumped = self.model_dump(mode="json")
         sections = ("task", "model", "data", "max_length", "finetune", "importance")
         return {
             **{k: dumped[k] for k in sections},
-            "retrain": {"samples": self.retrain.samples},  # the teacher's logits cover these
+            # the teacher's targets cover these examples, with these tokens
+            "retrain": {"samples": self.retrain.samples, "top_k": self.retrain.top_k},
         }
 
 

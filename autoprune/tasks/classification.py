@@ -74,6 +74,8 @@ class Classification(Task):
         return predict(model, data).argmax(dim=-1)  # (examples,)
 
     def metric_of(self, outputs: torch.Tensor, data: Encoded) -> float:
+        if data.labels is None:
+            raise ValueError("a classifier's metric needs labelled examples; these have none")
         return METRICS[self.metric](outputs.long(), data.labels)
 
     @property

@@ -1,10 +1,16 @@
 """Tasks: where the examples come from, how they are split, tokenized and batched.
 
-A task's examples come from local files (CSV, TSV, JSON lines, parquet) or a Hugging Face
-hub dataset. The task's own validation set is the ``test`` split, which the search never
-sees. From the training set, a seeded permutation carves a ``search`` split (what the
-controller optimizes) and, disjoint from it, the pool that fine-tuning, importance scoring
-and retraining draw from.
+A task's examples come from local files (CSV, TSV, JSON lines, parquet, and plain text for
+a language model) or a Hugging Face hub dataset. The task's own validation set is the
+``test`` split, which the search never sees. The training set gives a ``search`` split (what
+the controller optimizes) and, disjoint from it, the pool that fine-tuning, importance
+scoring, screening and retraining draw from.
+
+A classifier's examples are rows with a label (:func:`load_task`: a seeded permutation
+carves the search split). A language model's are **windows**: each text is tokenized as one
+stream and cut into non-overlapping windows of ``max_length`` tokens, without labels (the
+targets are the tokens themselves); the search split is the training text's last windows,
+the pool the ones before them (:func:`load_windows`).
 """
 
 from __future__ import annotations
@@ -50,20 +56,28 @@ class DataSpec(Section):
     train: Path | None = Field(default=None, description="local training file")
     test: Path | None = Field(default=None, description="local test file (the task's dev set)")
     hub: HubSource | None = None
-    text: list[str] = Field(min_length=1, max_length=2, description="one column, or a pair")
+    text: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=2,
+        description="the text column, or a pair (a classifier names them; a language model "
+        "reads column 'text' of a table or hub dataset by default, and a .txt file whole)",
+    )
     label: str = "label"
     labels: list[str | int] | None = Field(
         default=None, description="label values in id order; by default the sorted training labels"
     )
     metric: MetricName = "accuracy"
-    search_samples: int = Field(default=1000, ge=10, description="examples in the search split")
+    search_samples: int = Field(
+        default=1000, ge=10, description="examples (windows, for a language model) to search on"
+    )
     train_samples: int | None = Field(
         default=None, ge=10, description="size of the training pool (default: all the rest)"
     )
     test_samples: int | None = Field(
         default=None, ge=10, description="evaluate on the first N test examples (default: all)"
     )
-    seed: int = 0
+    seed: int = Field(default=0, description="the classifier's split permutation")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
@@ -75,6 +89,9 @@ class DataSpec(Section):
         if local and (self.train is None or self.test is None):
             raise ValueError("local data needs both 'train' and 'test' files")
         return self
+
+
+TEXT_SUFFIX = ".txt"
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -91,7 +108,8 @@ def read_table(path: Path) -> pd.DataFrame:
     }
     if suffix not in readers:
         raise DataError(
-            f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .json, .jsonl or .parquet"
+            f"{path}: unsupported file type {suffix!r}; use .csv, .tsv, .json, .jsonl or "
+            f".parquet (plain {TEXT_SUFFIX} files are a language model's: task: language_modeling)"
         )
     try:
         return readers[suffix]()
@@ -128,17 +146,18 @@ class Encoded:
     Attributes:
         input_ids: ``(examples, max_length)`` token ids.
         attention_mask: ``(examples, max_length)``, 1 on tokens, 0 on padding.
-        labels: ``(examples,)`` label ids.
+        labels: ``(examples,)`` label ids, or None for examples without labels (windows of
+            text, whose targets are their own tokens).
         token_type_ids: ``(examples, max_length)`` segment ids, for models that take them.
     """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
-    labels: torch.Tensor
+    labels: torch.Tensor | None = None
     token_type_ids: torch.Tensor | None = None
 
     def __len__(self) -> int:
-        return int(self.labels.shape[0])
+        return int(self.input_ids.shape[0])
 
     def subset(self, index: torch.Tensor | slice) -> Encoded:
         return Encoded(
@@ -187,8 +206,9 @@ class Encoded:
             batch = {
                 "input_ids": self.input_ids[index, :length],
                 "attention_mask": self.attention_mask[index, :length],
-                "labels": self.labels[index],
             }
+            if self.labels is not None:
+                batch["labels"] = self.labels[index]
             if self.token_type_ids is not None:
                 batch["token_type_ids"] = self.token_type_ids[index, :length]
             for name, rows in (extra or {}).items():
@@ -216,35 +236,33 @@ class TaskData:
         search: What trials report to the controller (carved from the training set).
         test: The task's validation set: evaluated in every trial, never shown to the controller.
         pool: Training examples disjoint from ``search``: fine-tuning, importance, retraining.
-        label_names: Label values in id order.
-        metric: The task's metric.
+        label_names: Label values in id order (none for windows of text).
     """
 
     search: Encoded
     test: Encoded
     pool: Encoded
     label_names: list[str]
-    metric: MetricName
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
 
     def save(self, directory: Path) -> None:
-        """Write the three splits and the label names to ``directory`` (the metric lives in
-        the study); :meth:`load` reads them back."""
+        """Write the three splits and the label names to ``directory``; :meth:`load` reads
+        them back."""
         directory.mkdir(parents=True, exist_ok=True)
         for split in ("search", "test", "pool"):
             getattr(self, split).save(directory / f"{split}.safetensors")
         (directory / "labels.json").write_text(json.dumps(self.label_names))
 
     @classmethod
-    def load(cls, directory: Path, metric: MetricName) -> TaskData:
+    def load(cls, directory: Path) -> TaskData:
         splits = {
             s: Encoded.load(directory / f"{s}.safetensors") for s in ("search", "test", "pool")
         }
         label_names = json.loads((directory / "labels.json").read_text())
-        return cls(**splits, label_names=label_names, metric=metric)
+        return cls(**splits, label_names=label_names)
 
 
 def _check_columns(frame: pd.DataFrame, columns: list[str], source: str) -> None:
@@ -301,7 +319,10 @@ def encode(
 
 
 def load_task(spec: DataSpec, tokenizer: PreTrainedTokenizerBase, max_length: int) -> TaskData:
-    """Read, split and tokenize the task; the same ``spec`` always gives the same splits."""
+    """Read, split and tokenize a classification task; the same ``spec`` always gives the
+    same splits."""
+    if spec.text is None:
+        raise DataError("data.text: name the column (or the pair of columns) holding the text")
     train, test, train_source, test_source = _load_frames(spec)
     _check_columns(train, [*spec.text, spec.label], train_source)
     _check_columns(test, [*spec.text, spec.label], test_source)
@@ -327,13 +348,90 @@ def load_task(spec: DataSpec, tokenizer: PreTrainedTokenizerBase, max_length: in
     if spec.test_samples is not None:
         test = test.iloc[: spec.test_samples]
 
+    text = spec.text
+
     def tokenized(frame: pd.DataFrame, source: str) -> Encoded:
-        return encode(tokenizer, frame, spec.text, spec.label, names, max_length, source)
+        return encode(tokenizer, frame, text, spec.label, names, max_length, source)
 
     return TaskData(
         search=tokenized(train.iloc[search_rows.numpy()], train_source),
         test=tokenized(test, test_source),
         pool=tokenized(train.iloc[pool_rows.numpy()], train_source),
         label_names=names,
-        metric=spec.metric,
+    )
+
+
+DEFAULT_TEXT_COLUMN = "text"
+
+
+def _joined(frame: pd.DataFrame, column: str, source: str) -> str:
+    """The column's rows as one text, one row a line."""
+    _check_columns(frame, [column], source)
+    return "\n".join(frame[column].astype(str))
+
+
+def _read_text(path: Path, column: str) -> str:
+    """A ``.txt`` file whole, or a table's ``column``, one row a line."""
+    if path.suffix.lower() != TEXT_SUFFIX:
+        return _joined(read_table(path), column, str(path))
+    if not path.is_file():
+        raise DataNotFoundError(f"data file not found: {path}")
+    return path.read_text(encoding="utf-8")
+
+
+def _texts(spec: DataSpec) -> tuple[tuple[str, str], tuple[str, str]]:
+    """``(text, source)`` of the training and of the test data."""
+    if spec.text is not None and len(spec.text) > 1:
+        raise DataError(f"data.text: a language model reads one text column, got {spec.text}")
+    column = spec.text[0] if spec.text else DEFAULT_TEXT_COLUMN
+    if spec.hub is not None:
+        train, test, name, _ = _load_frames(spec)
+        return (_joined(train, column, name), name), (_joined(test, column, name), name)
+    train_path, test_path = Path(str(spec.train)), Path(str(spec.test))  # DataSpec checks both
+    return (
+        (_read_text(train_path, column), str(train_path)),
+        (_read_text(test_path, column), str(test_path)),
+    )
+
+
+def windows(tokenizer: PreTrainedTokenizerBase, text: str, length: int, source: str) -> Encoded:
+    """``text`` tokenized as one stream (no special tokens added) and cut into consecutive,
+    non-overlapping windows of ``length`` tokens, without labels; the tail too short for a
+    window is left out."""
+    ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    count = len(ids) // length
+    if count == 0:
+        raise DataError(
+            f"{source}: its {len(ids)} tokens do not fill one window of {length} (max_length)"
+        )
+    stream = torch.tensor(ids[: count * length], dtype=torch.long)
+    input_ids = stream.view(count, length)  # (windows, length)
+    return Encoded(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+
+
+def load_windows(spec: DataSpec, tokenizer: PreTrainedTokenizerBase, max_length: int) -> TaskData:
+    """Read and tokenize a language-modelling task as windows of ``max_length`` tokens.
+
+    The test split is the test text's first ``test_samples`` windows (all by default). The
+    training text's last ``search_samples`` windows are the search split and the windows
+    before them the pool (its first ``train_samples``), so the splits never share a window
+    and an article rarely falls on both sides of the search split's edge.
+    """
+    (train_text, train_source), (test_text, test_source) = _texts(spec)
+    train = windows(tokenizer, train_text, max_length, train_source)
+    test = windows(tokenizer, test_text, max_length, test_source)
+    if len(train) <= spec.search_samples:
+        raise DataError(
+            f"{train_source}: {len(train)} windows of {max_length} tokens cannot give a search "
+            f"split of {spec.search_samples} (data.search_samples) and a training pool"
+        )
+    edge = len(train) - spec.search_samples
+    pool_end = edge if spec.train_samples is None else min(edge, spec.train_samples)
+    if spec.test_samples is not None:
+        test = test.subset(slice(0, spec.test_samples))
+    return TaskData(
+        search=train.subset(slice(edge, None)),
+        test=test,
+        pool=train.subset(slice(0, pool_end)),
+        label_names=[],
     )
