@@ -1,0 +1,89 @@
+"""Decoder baselines: OWL's per-layer sparsity from outlier ratios, ShortGPT's block
+influence on a tiny Llama, and both (with uniform Wanda) trained into a tiny
+language-modelling run, then read by pareto, compare and export."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_decoder_importance import batches
+from test_groups import tiny_llama
+
+import autoprune
+from autoprune.engine.influence import block_influence, least_influential
+from autoprune.engine.owl import outlier_ratios, owl_sparsity
+from autoprune.engine.scores import Scores
+
+
+def scores_with_outliers(counts: list[int]) -> Scores:
+    """Per layer, 1,000 weight scores of 1 but ``counts[l]`` of 50: with ``M = 5`` exactly
+    those are outliers (the mean stays below 2 for up to 20 of them)."""
+    weights = []
+    for count in counts:
+        values = torch.ones(1000)
+        values[:count] = 50.0
+        weights.append({"mlp.down_proj": values[:600].view(6, 100), "o": values[600:].view(4, 100)})
+    empty = [torch.zeros(0) for _ in counts]
+    return Scores("activation", empty, empty, weights, scope="row")
+
+
+def test_outlier_ratios_count_scores_far_above_the_layer_mean() -> None:
+    assert outlier_ratios(scores_with_outliers([0, 5, 20])) == [0.0, 0.005, 0.02]
+    assert outlier_ratios(scores_with_outliers([5]), threshold=100.0) == [0.0]
+    with pytest.raises(ValueError, match="threshold must be positive"):
+        outlier_ratios(scores_with_outliers([5]), threshold=0.0)
+
+
+@pytest.mark.parametrize("target", [0.5, 0.6, 0.7])
+def test_owl_keeps_the_target_mean_within_lam_and_spares_outlier_layers(target: float) -> None:
+    outliers = [0.004, 0.005, 0.009, 0.012, 0.025, 0.006]
+    sparsity = owl_sparsity(outliers, target)
+    assert sum(sparsity) / len(sparsity) == pytest.approx(target, abs=1e-12)
+    assert all(target - 0.08 - 1e-12 <= s <= target + 0.08 + 1e-12 for s in sparsity)
+    assert min(sparsity) == pytest.approx(target - 0.08)  # the most outliers: on the bound
+    ranked = sorted(range(len(outliers)), key=lambda layer: outliers[layer])
+    assert [sparsity[layer] for layer in ranked] == sorted(sparsity, reverse=True)
+    assert owl_sparsity([0.01] * 4, target) == [target] * 4
+    assert owl_sparsity(outliers, target, lam=0.0) == [target] * len(outliers)
+
+
+def test_owl_refuses_what_it_cannot_honour() -> None:
+    with pytest.raises(ValueError, match=r"would span \[-0.03, 0.13\], which must lie within"):
+        owl_sparsity([0.1, 0.2], 0.05)
+    with pytest.raises(ValueError, match="one outlier ratio per layer"):
+        owl_sparsity([], 0.5)
+
+
+def test_block_influence_drops_a_layer_made_identity_first() -> None:
+    model = tiny_llama()
+    influence = block_influence(model, batches())
+    assert influence.shape == (3,) and bool(((influence >= 0) & (influence <= 2)).all())
+    layer = model.model.layers[1]
+    with torch.no_grad():
+        layer.self_attn.o_proj.weight.zero_()
+        layer.mlp.down_proj.weight.zero_()  # the layer now passes its input on unchanged
+    influence = block_influence(model, batches())
+    assert float(influence[1]) == pytest.approx(0.0, abs=1e-6)
+    assert int(influence.argmin()) == 1 and float(influence.max()) > 1e-3
+    assert least_influential(influence, 1) == [True, False, True]
+    assert least_influential(influence, 0) == [True, True, True]
+    with pytest.raises(ValueError, match=r"remove must be in \[0, 2\]"):
+        least_influential(influence, 3)
+    with pytest.raises(ValueError, match="needs calibration tokens"):
+        block_influence(model, [])
+    assert not model.training
+
+
+def test_owl_ratios_from_wanda_scores_prune_each_row_of_a_tiny_llama() -> None:
+    model = tiny_llama()
+    scores = autoprune.importance(
+        model, batches(), "activation", loss=lambda m, b: m(**b).logits.sum()
+    )
+    sparsity = owl_sparsity(outlier_ratios(scores), 0.5)
+    arch = autoprune.describe(model)
+    config = autoprune.PruneConfig.uniform(arch)
+    config = autoprune.PruneConfig(config.heads, config.ffn, sparsity, config.kv_heads)
+    pruned = autoprune.prune(model, config, scores)
+    for layer, ratio in zip(pruned.model.layers, sparsity, strict=True):
+        mask = layer.mlp.down_proj.mask  # (out, in): every row zeroes the same count
+        assert set((mask == 0).sum(dim=1).tolist()) == {round(ratio * mask.shape[1])}
