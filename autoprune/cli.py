@@ -94,9 +94,12 @@ def _baseline(args: argparse.Namespace) -> None:
         targets=[(kind, target) for kind in kinds for target in targets],
     )
     run = load_run(run_dir)
-    trained: list[Kind] = ["uniform"] * bool(ratios or "uniform" in kinds)
-    trained += ["layer-uniform"] * bool(args.heads_ratios or "layer-uniform" in kinds)
-    trained += ["global"] * ("global" in kinds)
+    asked: set[Kind] = set(kinds)
+    if ratios:
+        asked.add("uniform")
+    if args.heads_ratios:
+        asked.add("layer-uniform")
+    trained: list[Kind] = [kind for kind in TARGET_KINDS if kind in asked]
     print("\n\n".join(render(run, kind=kind) for kind in trained))
 
 
@@ -185,8 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument(
         "--targets",
         type=_ratios,
-        help="sizes to build baselines for, in the study's size unit (with --kind; "
-        "default: the study's objectives.targets)",
+        help="what to build baselines for (with --kind; default: the study's "
+        "objectives.targets): sizes in the study's size unit (uniform, layer-uniform, "
+        "global), sparsities (uniform-sparsity, owl) or fractions of the layers to remove "
+        "(block-influence)",
     )
     baseline.add_argument(
         "--kind",
@@ -194,8 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
         choices=TARGET_KINDS,
         help="the baseline built for each of --targets: uniform (every layer keeps the same "
         "fraction), layer-uniform (the same heads in every layer, the count that screens "
-        "best) or global (heads and neurons ranked across layers by importance per cost); "
-        "repeat for several",
+        "best), global (heads and neurons ranked across layers by importance per cost), "
+        "uniform-sparsity (every layer equally sparse; Wanda with activation importance), "
+        "owl (layer sparsities from their outlier Wanda scores) or block-influence (the "
+        "layers that change their input least removed); repeat for several",
     )
     baseline.set_defaults(handler=_baseline)
 

@@ -111,9 +111,11 @@ def run_baselines(
     targets: Sequence[tuple[TargetKind, float]] = (),
 ) -> Path:
     """Train the uniform ratios, the layer-uniform grid (every head ratio with every
-    feed-forward ratio) and the ``(kind, target size)`` baselines (``uniform``,
-    ``layer-uniform`` or ``global``; sizes in the study's size unit) into the run of
-    ``study``; returns the run directory. Baselines already recorded are not trained again.
+    feed-forward ratio) and the ``(kind, target)`` baselines (``uniform``, ``layer-uniform``
+    or ``global`` at sizes in the study's size unit; ``uniform-sparsity`` or ``owl`` at
+    sparsities; ``block-influence`` at fractions of the layers removed:
+    :mod:`autoprune.run.baselines`) into the run of ``study``; returns the run directory.
+    Baselines already recorded are not trained again.
 
     Raises:
         BudgetError: If a target size cannot be met, before anything is trained.

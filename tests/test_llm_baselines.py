@@ -4,15 +4,22 @@ language-modelling run, then read by pareto, compare and export."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from conftest import tiny_lm_study
 from test_decoder_importance import batches
 from test_groups import tiny_llama
 
 import autoprune
+from autoprune import cli
 from autoprune.engine.influence import block_influence, least_influential
 from autoprune.engine.owl import outlier_ratios, owl_sparsity
 from autoprune.engine.scores import Scores
+from autoprune.reports.results import load_run
+from autoprune.run.session import open_run
+from autoprune.workflow import run_baselines
 
 
 def scores_with_outliers(counts: list[int]) -> Scores:
@@ -87,3 +94,66 @@ def test_owl_ratios_from_wanda_scores_prune_each_row_of_a_tiny_llama() -> None:
     for layer, ratio in zip(pruned.model.layers, sparsity, strict=True):
         mask = layer.mlp.down_proj.mask  # (out, in): every row zeroes the same count
         assert set((mask == 0).sum(dim=1).tolist()) == {round(ratio * mask.shape[1])}
+
+
+def test_decoder_baselines_are_trained_read_compared_and_exported(tmp_path, capsys) -> None:
+    study = tiny_lm_study(
+        tmp_path,
+        importance={"method": "activation", "samples": 8, "batch_size": 4},
+        objectives={"size": "nonzero", "reference": 1000.0},
+        retrain={"steps": 0, "batch_size": 4, "top_k": 8},  # retrain-free
+    )
+    out = tmp_path / "run"
+    run_baselines(study, out, targets=[("uniform-sparsity", 0.5), ("uniform-sparsity", 0.6)])
+    command = ["-q", "baseline", str(out), "--kind", "owl", "--targets", "0.5,0.6"]
+    assert cli.main(command) == 0
+    assert "owl front" in capsys.readouterr().out
+    assert (
+        cli.main(["-q", "baseline", str(out), "--kind", "block-influence", "--targets", "0.5"]) == 0
+    )
+    assert "block-influence front" in capsys.readouterr().out
+    run = load_run(out)
+    arch = autoprune.describe(open_run(out).prepared.model)
+    for kind in ("uniform-sparsity", "owl"):
+        trials = run.complete(kind).sort_values("target")
+        assert trials["target"].tolist() == [0.5, 0.6] and (trials["retrain_steps"] == 0).all()
+        for sparsity, target in zip(trials["sparsity"], trials["target"], strict=True):
+            assert sum(sparsity) / len(sparsity) == pytest.approx(target)
+        assert list(trials["heads"].iloc[0]) == list(arch.heads)  # nothing structured removed
+    assert len(set(run.complete("owl")["sparsity"].iloc[0])) == arch.num_layers
+    assert (run.complete("owl")["size"] < 0.9).all()  # in nonzero weights
+    (depth,) = run.complete("block-influence").itertuples()
+    assert depth.target == 0.5 and depth.layers.count(False) == 1
+
+    assert cli.main(["pareto", str(out), "--kind", "owl", "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["front"]
+    assert cli.main(["compare", str(out), "--format", "json", "--resamples", "20"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {(r["setting"], r["method"], r["target"]) for r in rows} == {
+        ("unstructured", "uniform-sparsity", 0.5),
+        ("unstructured", "owl", 0.5),
+        ("unstructured", "uniform-sparsity", 0.6),
+        ("unstructured", "owl", 0.6),
+        ("depth", "block-influence", 0.5),
+    }
+    for row in rows:
+        assert row["against"] == ("uniform-sparsity" if row["method"] == "owl" else None)
+    exported = tmp_path / "exported"
+    export = ["-q", "export", str(out), "--kind", "block-influence", "--trial", str(depth.trial)]
+    assert cli.main([*export, "--out", str(exported)]) == 0
+    model, _ = autoprune.load_pruned(exported)
+    assert autoprune.describe(model).num_layers == arch.num_layers - 1
+
+
+def test_decoder_baselines_refuse_what_they_cannot_build(tmp_path, capsys) -> None:
+    study = tiny_lm_study(tmp_path, retrain={"steps": 0, "batch_size": 4, "top_k": 8})
+    out = tmp_path / "run"
+    run_baselines(study, out)  # prepares the run (fisher scores), trains nothing
+    for kind, target, message in (
+        ("owl", "0.5", "owl reads Wanda scores: the study's importance.method is 'fisher'"),
+        ("block-influence", "0.2", "block-influence: target 0.2 removes 0 of 2 layers"),
+        ("uniform-sparsity", "1.0", "uniform-sparsity: target 1.0 is a sparsity, in"),
+    ):
+        assert cli.main(["baseline", str(out), "--kind", kind, "--targets", target]) == 2
+        assert message in capsys.readouterr().err
+    assert load_run(out).trials.empty

@@ -128,7 +128,8 @@ def test_compare_shows_the_search_beside_every_baseline_at_each_target(
         if row["method"] != "searched":
             low, high = (float(x) for x in row["95% interval"].strip("[]").split(","))
             diff = row["accuracy test"] - searched["accuracy test"]
-            assert row["test vs searched"] == pytest.approx(diff, abs=1e-3)
-            assert low - 1e-4 <= row["test vs searched"] <= high + 1e-4
+            assert row["against"] == "searched" and row["setting"] == "structured"
+            assert row["test diff"] == pytest.approx(diff, abs=1e-3)
+            assert low - 1e-4 <= row["test diff"] <= high + 1e-4
     assert cli.main(["compare", str(run)]) == 0
     assert "at each target, test split" in capsys.readouterr().out

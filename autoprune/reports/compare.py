@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import pandas as pd
 import torch
@@ -116,6 +117,13 @@ def outputs_of(run: Run, row: pd.Series) -> torch.Tensor:
 
 BASELINE_KINDS: tuple[Kind, ...] = ("uniform", "layer-uniform", "global")
 METHODS = ("searched", *BASELINE_KINDS)
+Setting = Literal["structured", "unstructured", "depth"]
+SETTINGS: dict[Setting, tuple[Kind, ...]] = {
+    "structured": BASELINE_KINDS,  # targets are sizes
+    "unstructured": ("uniform-sparsity", "owl"),  # targets are sparsities
+    "depth": ("block-influence",),  # targets are fractions of the layers removed
+}
+"""Each setting's baseline kinds; what the targets of its trials are, in the comments."""
 
 
 def at_target(run: Run, target: float) -> dict[str, pd.Series]:
@@ -135,30 +143,46 @@ def at_target(run: Run, target: float) -> dict[str, pd.Series]:
     return {method: row for method, row in found.items() if row is not None}
 
 
+def in_setting(run: Run, setting: Setting, target: float) -> dict[str, pd.Series]:
+    """What each of ``setting``'s methods gives at ``target``: :func:`at_target` for
+    ``structured``, else the baseline of each kind trained for ``target``."""
+    if setting == "structured":
+        return at_target(run, target)
+    found = {kind: run.best_at(target, kind) for kind in SETTINGS[setting]}
+    return {kind: row for kind, row in found.items() if row is not None}
+
+
 def target_table(run: Run, resamples: int = 1000) -> pd.DataFrame:
-    """One row per target and method that the run has: size, search and test metrics, and
-    the test difference to ``searched`` with its paired bootstrap 95% interval."""
+    """One row per setting, target and method that the run has: size, search and test
+    metrics, and the test difference to the setting's first method present (``searched``,
+    then the baselines in :data:`SETTINGS` order) with its paired bootstrap 95% interval."""
     task, test = held_out(run)
     rows = []
-    for target in sorted({float(t) for t in run.trials["target"].dropna()}, reverse=True):
-        found = at_target(run, target)
-        searched = found.get("searched")
-        for method, row in found.items():
-            entry = {
-                "target": target,
-                "method": method,
-                "trial": int(row["trial"]),
-                "size": round(float(row["size"]), 4),
-                f"{run.metric} search": round(float(row["metric_search"]), 4),
-                f"{run.metric} test": round(float(row["metric_test"]), 4),
-                "test vs searched": None,
-                "95% interval": None,
-            }
-            if searched is not None and method != "searched":
-                gap = paired_bootstrap(
-                    task, test, [outputs_of(run, row)], [outputs_of(run, searched)], resamples
-                )
-                entry["test vs searched"] = round(gap.diff, 4)
-                entry["95% interval"] = f"[{gap.low:+.4f}, {gap.high:+.4f}]"
-            rows.append(entry)
+    targets = sorted({float(t) for t in run.trials["target"].dropna()}, reverse=True)
+    for setting in SETTINGS:
+        for target in targets:
+            found = in_setting(run, setting, target)
+            against = next(iter(found), None)
+            for method, row in found.items():
+                entry = {
+                    "setting": setting,
+                    "target": target,
+                    "method": method,
+                    "trial": int(row["trial"]),
+                    "size": round(float(row["size"]), 4),
+                    f"{run.metric} search": round(float(row["metric_search"]), 4),
+                    f"{run.metric} test": round(float(row["metric_test"]), 4),
+                    "against": None,
+                    "test diff": None,
+                    "95% interval": None,
+                }
+                if against is not None and method != against:
+                    reference = found[against]
+                    gap = paired_bootstrap(
+                        task, test, [outputs_of(run, row)], [outputs_of(run, reference)], resamples
+                    )
+                    entry["against"] = against
+                    entry["test diff"] = round(gap.diff, 4)
+                    entry["95% interval"] = f"[{gap.low:+.4f}, {gap.high:+.4f}]"
+                rows.append(entry)
     return pd.DataFrame(rows)

@@ -153,7 +153,7 @@ def export(
     config = PruneConfig.from_dict(
         {
             key: list(row[key])
-            for key in ("heads", "ffn", "sparsity", "kv_heads")
+            for key in ("heads", "ffn", "sparsity", "kv_heads", "layers")
             if isinstance(row[key], list)
         },
         source=f"{run.path}: trial {number}",

@@ -20,6 +20,9 @@ STYLES: dict[Kind, tuple[str, str, str]] = {  # kind -> (label, colour, marker)
     "uniform": ("uniform baseline", "#ff7f0e", "s"),
     "layer-uniform": ("layer-uniform baseline", "#2ca02c", "^"),
     "global": ("global-importance baseline", "#d62728", "D"),
+    "uniform-sparsity": ("uniform-sparsity baseline", "#8c564b", "v"),
+    "owl": ("OWL baseline", "#e377c2", "P"),
+    "block-influence": ("block-influence baseline", "#7f7f7f", "X"),
 }
 
 

@@ -67,7 +67,7 @@ class Run:
         return self.spec.objectives.size
 
     def complete(self, kind: Kind = "search") -> pd.DataFrame:
-        """Complete trials of ``kind`` (``search``, ``uniform``, ``layer-uniform``, ``global``)."""
+        """Complete trials of ``kind`` (``search`` or a baseline's kind)."""
         rows = self.trials[(self.trials["kind"] == kind) & (self.trials["status"] == "complete")]
         return rows.copy()
 
@@ -127,6 +127,7 @@ COLUMNS = [
     "ffn",
     "sparsity",
     "kv_heads",
+    "layers",
     "retrain_steps",
     "seconds",
     "failure",
@@ -163,6 +164,7 @@ def _rows(study: optuna.Study, which: str, size_unit: SizeUnit) -> list[dict[str
                 "ffn": config.get("ffn"),
                 "sparsity": config.get("sparsity"),
                 "kv_heads": config.get("kv_heads"),
+                "layers": config.get("layers"),
                 "retrain_steps": attrs.get("retrain_steps"),
                 "seconds": (attrs.get("seconds") or {}).get("total"),
                 "failure": attrs.get("failure"),

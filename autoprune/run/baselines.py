@@ -16,26 +16,50 @@ study's importance scores per unit of cost
 (:meth:`~autoprune.search.budget.BudgetSpace.global_allocation`).
 
 Target sizes are ratios to the dense model in the study's size unit (``objectives.size``).
+
+For decoders (any family), three more kinds keep every head and neuron:
+
+``uniform-sparsity``: the target is a sparsity: every layer zeroes that fraction of its
+prunable weights, chosen by the study's per-weight scores (with ``importance.method:
+activation``, Wanda: the same share of every output row, by ``|w| * ||x||``).
+``owl``: the target is the mean sparsity; each layer's comes from its share of outlier Wanda
+scores (:mod:`autoprune.engine.owl`, ``M = 5``, ``lam = 0.08``), pruned like
+``uniform-sparsity``. Needs ``importance.method: activation``.
+``block-influence``: the target is the fraction of the layers to remove, ``round(target *
+layers)`` of them: those whose output is most like their input on the importance
+calibration examples (:mod:`autoprune.engine.influence`, ShortGPT).
+
+A study reads a sparse model's size best in ``objectives.size: nonzero``; in the other units
+every sparse model has the dense size.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from functools import cached_property
+from typing import Literal, get_args
+
+import torch
+from torch import nn
 
 from autoprune.engine.arch import describe
+from autoprune.engine.influence import block_influence, least_influential
+from autoprune.engine.owl import outlier_ratios, owl_sparsity
 from autoprune.engine.prune import PruneConfig
 from autoprune.run.execute import execute
 from autoprune.run.ledger import KIND, STATUS, TARGET, Kind
 from autoprune.run.screen import Screener, last_stage
 from autoprune.run.session import Session
-from autoprune.search.budget import BudgetSpace
+from autoprune.search.budget import BudgetError, BudgetSpace
 from autoprune.search.spec import StudyError
+from autoprune.tasks.base import model_inputs
 
-TargetKind = Literal["uniform", "layer-uniform", "global"]
-TARGET_KINDS: tuple[TargetKind, ...] = ("uniform", "layer-uniform", "global")
+TargetKind = Literal[
+    "uniform", "layer-uniform", "global", "uniform-sparsity", "owl", "block-influence"
+]
+TARGET_KINDS: tuple[TargetKind, ...] = get_args(TargetKind)
 
 log = logging.getLogger("autoprune")
 
@@ -47,7 +71,8 @@ class Baseline:
     Attributes:
         kind: The baseline's kind.
         config: What it keeps.
-        target: The size it was built for, or None for one built from ratios.
+        target: What it was built for (a size, a sparsity or a fraction of the layers
+            removed, as its kind says), or None for one built from ratios.
     """
 
     kind: Kind
@@ -64,26 +89,97 @@ def baseline_configs(
 ) -> list[Baseline]:
     """Uniform configurations (one keep ratio for heads and ffn in every layer), then the
     layer-uniform grid (every pair of a head ratio and a feed-forward ratio), then one
-    configuration per ``(kind, target size)`` of ``targets``.
+    configuration per ``(kind, target)`` of ``targets``.
 
     Raises:
-        BudgetError: If a target cannot be met, or the study's size unit is ``nonzero``.
+        BudgetError: If a target cannot be met, or a size target is asked for in the size
+            unit ``nonzero``.
+        StudyError: If ``owl`` is asked for without Wanda (``activation``) scores.
     """
     arch = describe(session.prepared.model)
     pairs: list[tuple[Kind, float, float]] = [("uniform", r, r) for r in uniform]
     pairs += [("layer-uniform", h, f) for h in head_ratios for f in ffn_ratios]
     baselines = [Baseline(kind, PruneConfig.uniform(arch, heads=h, ffn=f)) for kind, h, f in pairs]
-    if targets:
-        space = BudgetSpace(session.sizes, session.spec.objectives.size)
-        for kind, target in targets:
-            if kind == "global":
-                config = space.to_config(space.global_allocation(session.prepared.scores, target))
-            elif kind == "layer-uniform":
-                config = _best_screened(session, space, target)
-            else:
-                config = space.to_config(space.at(target))
-            baselines.append(Baseline(kind, config, target))
+    builder = _TargetBaselines(session)
+    baselines += [Baseline(kind, builder.build(kind, target), target) for kind, target in targets]
     return baselines
+
+
+class _TargetBaselines:
+    """Each kind's configuration at a target, for one session; what several targets share
+    (the budget space, the block influence) is computed once."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.dense = PruneConfig.dense(describe(session.prepared.model))
+        self._builders: dict[TargetKind, Callable[[float], PruneConfig]] = {
+            "uniform": self.uniform,
+            "layer-uniform": self.layer_uniform,
+            "global": self.global_allocation,
+            "uniform-sparsity": self.uniform_sparsity,
+            "owl": self.owl,
+            "block-influence": self.block_influence,
+        }
+
+    def build(self, kind: TargetKind, target: float) -> PruneConfig:
+        return self._builders[kind](target)
+
+    @cached_property
+    def space(self) -> BudgetSpace:
+        return BudgetSpace(self.session.sizes, self.session.spec.objectives.size)
+
+    def uniform(self, target: float) -> PruneConfig:
+        return self.space.to_config(self.space.at(target))
+
+    def layer_uniform(self, target: float) -> PruneConfig:
+        return _best_screened(self.session, self.space, target)
+
+    def global_allocation(self, target: float) -> PruneConfig:
+        scores = self.session.prepared.scores
+        return self.space.to_config(self.space.global_allocation(scores, target))
+
+    def uniform_sparsity(self, target: float) -> PruneConfig:
+        if not 0.0 <= target < 1.0:
+            raise BudgetError(f"uniform-sparsity: target {target} is a sparsity, in [0, 1)")
+        return replace(self.dense, sparsity=(target,) * self.dense.num_layers)
+
+    def owl(self, target: float) -> PruneConfig:
+        scores = self.session.prepared.scores
+        if scores.method != "activation":
+            raise StudyError(
+                f"owl reads Wanda scores: the study's importance.method is {scores.method!r}; "
+                "use activation"
+            )
+        try:
+            sparsity = owl_sparsity(outlier_ratios(scores), target)
+        except ValueError as error:
+            raise BudgetError(f"owl: {error}") from None
+        log.info("owl at %g: layer sparsities %s", target, [round(s, 3) for s in sparsity])
+        return replace(self.dense, sparsity=tuple(sparsity))
+
+    @cached_property
+    def influence(self) -> torch.Tensor:
+        """Every layer's block influence on the importance calibration examples."""
+        prepared, imp = self.session.prepared, self.session.spec.importance
+        calibration = prepared.data.pool.subset(slice(0, imp.samples))
+        batches = (model_inputs(batch) for batch in calibration.batches(imp.batch_size))
+        model = nn.Module.to(prepared.model, torch.device(self.session.settings.device))
+        try:
+            influence = block_influence(model, batches)
+        finally:
+            prepared.model.cpu()
+        log.info("block influence: %s", [round(float(v), 4) for v in influence])
+        return influence
+
+    def block_influence(self, target: float) -> PruneConfig:
+        layers = self.dense.num_layers
+        remove = round(target * layers)
+        if not 0 < remove < layers:
+            raise BudgetError(
+                f"block-influence: target {target} removes {remove} of {layers} layers; "
+                f"it must remove at least one and keep at least one"
+            )
+        return replace(self.dense, layers=tuple(least_influential(self.influence, remove)))
 
 
 def _best_screened(session: Session, space: BudgetSpace, target: float) -> PruneConfig:

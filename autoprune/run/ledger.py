@@ -2,11 +2,12 @@
 
 Every trial is recorded on the run's Optuna study: its objective values (the task's metric
 on the search split, the size ratio) when it completed, and user attributes: its
-``status``, ``kind`` (``search``, ``uniform``, ``layer-uniform`` or ``global``), the
-``target`` size of a baseline built for one, the ``stage`` and ``fidelity`` it was
-evaluated at (today one stage, ``retrain``, whose fidelity is the number of retraining
-steps), the PruneConfig, the metrics on both splits before and after retraining, every
-size, the times, its rung points, and for a failure its reason. The
+``status``, ``kind`` (``search`` or a baseline's: ``uniform``, ``layer-uniform``, ``global``,
+``uniform-sparsity``, ``owl``, ``block-influence``), the ``target`` of a baseline built for
+one (a size, a sparsity or a fraction of the layers removed, as its kind says), the
+``stage`` and ``fidelity`` it was evaluated at (today one stage, ``retrain``, whose fidelity
+is the number of retraining steps), the PruneConfig, the metrics on both splits before and
+after retraining, every size, the times, its rung points, and for a failure its reason. The
 ledger also decides early stopping at rungs, keeps the retrained weights of front trials
 (per kind) and logs progress.
 """
@@ -18,7 +19,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -34,12 +35,14 @@ from autoprune.search.spec import EarlyStoppingSpec
 from autoprune.tasks.base import Task
 
 Status = Literal["complete", "stopped", "failed", "outside_band", "invalid", "interrupted"]
-Kind = Literal["search", "uniform", "layer-uniform", "global"]
-KINDS: tuple[Kind, ...] = ("search", "uniform", "layer-uniform", "global")
+Kind = Literal[
+    "search", "uniform", "layer-uniform", "global", "uniform-sparsity", "owl", "block-influence"
+]
+KINDS: tuple[Kind, ...] = get_args(Kind)
 
 STATUS = "status"
 KIND = "kind"
-TARGET = "target"  # the size a baseline was built for, where it was built for one
+TARGET = "target"  # what a baseline was built for, where it was built for one (see its kind)
 ORIGINS = "origins"  # where a targeted search's finalist came from: screened, uniform, global
 STAGE = "stage"
 FIDELITY = "fidelity"
