@@ -1,5 +1,6 @@
-"""Every benchmark's ``--smoke`` mode runs end to end on the real MiniLM and SST-2 data and
-writes its results where a smoke run should (never into ``benchmarks/results``)."""
+"""Every benchmark's ``--smoke`` mode runs end to end on the real MiniLM and SST-2 data (the
+decoder benchmark on a tiny random Llama it builds) and writes its results where a smoke run
+should (never into ``benchmarks/results``)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ CASES = {
     "fidelity": ([], "fidelity"),
     "ray_throughput": ([], "ray_throughput"),
     "search_quality": (["--tasks", "sst2", "--seeds", "1", "--targets", "0.25"], "search_quality"),
+    "llm": ([], "llm"),  # builds its own tiny random Llama
 }
 
 
@@ -51,4 +53,7 @@ def test_smoke_run_writes_its_results(
         assert set(entry["baselines"]) == {"uniform", "layer-uniform", "global"}
         low, high = entry["ci95"]
         assert low <= entry["diff"] <= high and 0.0 <= entry["searched_mean"] <= 1.0
+    for row in report.get("rows", []):  # one figure each, as a script checks them
+        assert set(row) >= {"setting", "level", "method", "retrained", "perplexity"}
+        assert row["perplexity"] > 1 and ("tokens_per_s" in row) == (row["setting"] == "structured")
     assert {p: p.stat().st_mtime for p in (BENCHMARKS / "results").glob("*")} == before
