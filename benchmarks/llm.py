@@ -95,6 +95,7 @@ def structured_overrides(test_windows: int, candidates: int) -> dict[str, Any]:
         "objectives.targets": list(STRUCTURED),
         "screening.candidates": candidates,
         "retrain.steps": 0,
+        "retrain.samples": 1,
     }
 
 
@@ -223,7 +224,7 @@ def generation_speeds(
 def markdown(report: dict[str, Any]) -> list[str]:
     """The summary: dense perplexity, then a table per setting."""
     lines = [
-        f"{report['model']} on WikiText-2: test perplexity on the first "
+        f"{report['model']} on {report['data']}: test perplexity on the first "
         f"{report['test_windows']} windows of {report['window']} tokens, retrain-free; "
         f"dense {report['dense_perplexity']:.2f}. {report['threads']} thread(s), "
         f"{report['minutes']:.0f} minutes in all. Not measured yet: searched unstructured "
@@ -314,6 +315,7 @@ def main() -> None:
     report: dict[str, Any] = {
         "command": "python benchmarks/llm.py" + (" --smoke" if args.smoke else ""),
         "model": "tiny random Llama" if args.smoke else "SmolLM2-135M-Instruct (GGUF Q4_1)",
+        "data": "random words" if args.smoke else "WikiText-2",
         "threads": torch.get_num_threads(),
         "test_windows": args.test_windows,
         "window": sparse.spec.max_length,
