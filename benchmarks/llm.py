@@ -143,25 +143,22 @@ def tiny_setup(root: Path) -> dict[str, Any]:
     }
 
 
-def tokens_per_second(model: PreTrainedModel, batch_size: int, new: int, repeats: int) -> float:
-    """Median over ``repeats`` greedy generations of ``new`` tokens after :data:`PROMPT`
-    random ones, of the new tokens of the whole batch per second (the key/value cache on)."""
+def tokens_per_second(model: PreTrainedModel, batch_size: int, new: int) -> float:
+    """New tokens of the whole batch per second in one greedy generation of ``new`` tokens
+    after :data:`PROMPT` random ones (the key/value cache on)."""
     generator = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, model.config.vocab_size, (batch_size, PROMPT), generator=generator)
-    rates = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        with torch.inference_mode():
-            model.generate(
-                input_ids=prompt,
-                attention_mask=torch.ones_like(prompt),
-                max_new_tokens=new,
-                min_new_tokens=new,
-                do_sample=False,
-                pad_token_id=0,
-            )  # (batch, PROMPT + new)
-        rates.append(batch_size * new / (time.perf_counter() - started))
-    return statistics.median(rates)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=new,
+            min_new_tokens=new,
+            do_sample=False,
+            pad_token_id=0,
+        )  # (batch, PROMPT + new)
+    return batch_size * new / (time.perf_counter() - started)
 
 
 def figures(run: Run, setting: Setting, levels: tuple[float, ...]) -> list[dict[str, Any]]:
@@ -186,7 +183,7 @@ def figures(run: Run, setting: Setting, levels: tuple[float, ...]) -> list[dict[
                     "trial": int(trial["trial"]),
                     "config": {
                         key: trial[key]
-                        for key in ("heads", "ffn", "sparsity", "layers")
+                        for key in ("heads", "ffn", "sparsity", "kv_heads", "layers")
                         if isinstance(trial[key], list)
                     },
                 }
@@ -197,28 +194,25 @@ def figures(run: Run, setting: Setting, levels: tuple[float, ...]) -> list[dict[
 def generation_speeds(
     structured: Run, rows: list[dict[str, Any]], new: int, repeats: int
 ) -> dict[str, float]:
-    """Tokens per second of the dense model, and each structured row's (in place), at
-    batch 1 and 8; the models' runs interleaved so that load on the machine hits all alike."""
+    """The dense model's tokens per second at batch 1 and 8 (median of ``repeats``), and
+    each structured row's, written into it with its speedup; the models' runs interleaved so
+    that load on the machine hits all alike."""
     prepared = open_run(structured.path).prepared
-    models = {"dense": prepared.model}
-    for row in rows:
-        config = PruneConfig.from_dict(row["config"])
-        models[f"{row['method']}@{row['level']}"] = autoprune.prune(
-            prepared.model, config, prepared.scores
-        )
-    speeds: dict[str, dict[str, list[float]]] = {name: {"1": [], "8": []} for name in models}
+    models = [prepared.model.eval()] + [
+        autoprune.prune(prepared.model, PruneConfig.from_dict(row["config"]), prepared.scores)
+        for row in rows
+    ]
+    rates: list[dict[str, list[float]]] = [{"batch_1": [], "batch_8": []} for _ in models]
     for _ in range(repeats):
-        for name, model in models.items():
-            for batch in ("1", "8"):
-                speeds[name][batch].append(tokens_per_second(model.eval(), int(batch), new, 1))
-    medians = {
-        name: {f"batch_{b}": statistics.median(v) for b, v in per.items()}
-        for name, per in speeds.items()
-    }
-    for row in rows:
-        row["tokens_per_s"] = medians[f"{row['method']}@{row['level']}"]
-        row["speedup_batch_1"] = row["tokens_per_s"]["batch_1"] / medians["dense"]["batch_1"]
-    return medians["dense"]
+        for model, rate in zip(models, rates, strict=True):
+            for batch in (1, 8):
+                rate[f"batch_{batch}"].append(tokens_per_second(model.eval(), batch, new))
+    medians = [{key: statistics.median(values) for key, values in r.items()} for r in rates]
+    dense = medians[0]
+    for row, median in zip(rows, medians[1:], strict=True):
+        row["tokens_per_s"] = median
+        row["speedup_batch_1"] = median["batch_1"] / dense["batch_1"]
+    return dense
 
 
 def markdown(report: dict[str, Any]) -> list[str]:
