@@ -53,7 +53,10 @@ def test_smoke_run_writes_its_results(
         assert set(entry["baselines"]) == {"uniform", "layer-uniform", "global"}
         low, high = entry["ci95"]
         assert low <= entry["diff"] <= high and 0.0 <= entry["searched_mean"] <= 1.0
-    for row in report.get("rows", []):  # one figure each, as a script checks them
-        assert set(row) >= {"setting", "level", "method", "retrained", "perplexity"}
-        assert row["perplexity"] > 1 and ("tokens_per_s" in row) == (row["setting"] == "structured")
+    if script == "llm":  # one figure per row, as a script checks them
+        assert report["rows"]
+        for row in report["rows"]:
+            assert set(row) >= {"setting", "level", "method", "retrained", "perplexity"}
+            structured = row["setting"] == "structured"
+            assert row["perplexity"] > 1 and ("tokens_per_s" in row) == structured
     assert {p: p.stat().st_mtime for p in (BENCHMARKS / "results").glob("*")} == before
