@@ -54,12 +54,7 @@ class LocalExecutor:
     def __init__(self, session: Session) -> None:
         screening = session.spec.screening
         self.session = session
-        self.screener = Screener(
-            session.prepared,
-            fitness=screening.fitness,
-            recovery_examples=screening.recovery_examples,
-            device=session.settings.device,
-        )
+        self.screener = Screener.of_study(session.prepared, screening, session.settings.device)
 
     @property
     def examples(self) -> int:

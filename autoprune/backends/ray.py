@@ -312,12 +312,7 @@ class ScreeningWorker:
         self, prepared: Prepared, screening: ScreeningSpec, device: str, threads: int
     ) -> None:
         torch.set_num_threads(threads)
-        self.screener = Screener(
-            prepared,
-            fitness=screening.fitness,
-            recovery_examples=screening.recovery_examples,
-            device=device,
-        )
+        self.screener = Screener.of_study(prepared, screening, device)
 
     def screen(self, configs: list[PruneConfig], examples: slice) -> list[ScreenOutcome]:
         """Each of ``configs`` screened on ``examples``, in order."""

@@ -186,12 +186,7 @@ def _best_screened(session: Session, space: BudgetSpace, target: float) -> Prune
     """Of the layer-uniform allocations at ``target``, the one with the best screening
     fitness (the study's ``screening`` settings)."""
     screening = session.spec.screening
-    screener = Screener(
-        session.prepared,
-        fitness=screening.fitness,
-        recovery_examples=screening.recovery_examples,
-        device=session.settings.device,
-    )
+    screener = Screener.of_study(session.prepared, screening, session.settings.device)
     examples = last_stage(screening.schedule)
     if examples.stop > screener.examples:
         raise StudyError(

@@ -44,7 +44,7 @@ from autoprune.engine.prune import PruneConfig, prune
 from autoprune.engine.recovery import Calibration, recover
 from autoprune.run.prepare import Prepared
 from autoprune.run.trial import SIZE_UNITS, Stage, flat_attrs
-from autoprune.search.spec import Fitness
+from autoprune.search.spec import Fitness, ScreeningSpec
 from autoprune.tasks.base import Batch, model_inputs
 from autoprune.tasks.data import Encoded
 
@@ -171,6 +171,18 @@ class Screener:
             fitting = prepared.data.pool.subset(slice(0, recovery_examples)).batches(batch_size)
             self.calibration = Calibration.record(self.dense, [model_inputs(b) for b in fitting])
         self._dense_outputs: dict[tuple[int, int], list[torch.Tensor]] = {}
+
+    @classmethod
+    def of_study(
+        cls, prepared: Prepared, screening: ScreeningSpec, device: str | torch.device
+    ) -> Screener:
+        """The screener a study's ``screening`` settings describe (fitness and recovery)."""
+        return cls(
+            prepared,
+            fitness=screening.fitness,
+            recovery_examples=screening.recovery_examples,
+            device=device,
+        )
 
     @property
     def examples(self) -> int:
