@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_lm_study
+from conftest import screening_trials, tiny_lm_study
 from test_decoder_importance import batches
 from test_groups import tiny_llama
 
@@ -19,7 +19,8 @@ from autoprune.engine.owl import outlier_ratios, owl_sparsity
 from autoprune.engine.scores import Scores
 from autoprune.reports.results import load_run
 from autoprune.run.session import open_run
-from autoprune.workflow import run_baselines
+from autoprune.search.targets import budget_space
+from autoprune.workflow import run_baselines, run_search
 
 
 def scores_with_outliers(counts: list[int]) -> Scores:
@@ -157,3 +158,41 @@ def test_decoder_baselines_refuse_what_they_cannot_build(tmp_path, capsys) -> No
         assert cli.main(["baseline", str(out), "--kind", kind, "--targets", target]) == 2
         assert message in capsys.readouterr().err
     assert load_run(out).trials.empty
+
+
+@pytest.mark.parametrize(
+    ("space", "size", "target", "heuristic"),
+    [
+        ({"sparsity": {"min": 0.0, "max": 0.9, "step": 0.05}}, "nonzero", 0.4, "owl"),
+        ({"layers": {}}, "prunable", 0.5, "block-influence"),
+    ],
+)
+def test_a_targeted_search_allocates_sparsity_or_layers_beside_its_heuristic(
+    tmp_path, space, size, target, heuristic
+) -> None:
+    """The evolutionary search in a sparsity or depth budget space: every candidate on
+    target, the space's heuristic among the starts and the finalists."""
+    space_file = tmp_path / "levels.yaml"
+    space_file.write_text(json.dumps(space))
+    study = tiny_lm_study(
+        tmp_path,
+        search_space=str(space_file),
+        importance={"method": "activation", "samples": 8, "batch_size": 4},
+        objectives={"size": size, "reference": 1000.0, "targets": [target]},
+        controller={"name": "evo", "seed": 0, "options": {"swaps": 1}},
+        screening={"fitness": "kl", "candidates": 6, "offspring": 2, "schedule": [[4, 1]]},
+        retrain={"steps": 0, "batch_size": 4, "top_k": 8},
+    )
+    out = tmp_path / "run"
+    run_search(study, out)
+    screened = screening_trials(out, target)
+    assert len(screened) == 6
+    tolerance = budget_space(open_run(out).space.spec, open_run(out).sizes, size).tolerance
+    for trial in screened:
+        assert abs(trial.user_attrs[f"ratio_{size}"] - target) <= tolerance + 1e-9
+    run = load_run(out)
+    finalists = run.complete("search")
+    origins = [origin for found in finalists["origins"] for origin in found]
+    assert {"screened", "uniform", heuristic} <= set(origins)
+    best = run.best_at(target, "search")
+    assert best is not None and best["metric_test"] > 1.0  # a perplexity

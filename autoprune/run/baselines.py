@@ -159,17 +159,7 @@ class _TargetBaselines:
 
     @cached_property
     def influence(self) -> torch.Tensor:
-        """Every layer's block influence on the importance calibration examples."""
-        prepared, imp = self.session.prepared, self.session.spec.importance
-        calibration = prepared.data.pool.subset(slice(0, imp.samples))
-        batches = (model_inputs(batch) for batch in calibration.batches(imp.batch_size))
-        model = nn.Module.to(prepared.model, torch.device(self.session.settings.device))
-        try:
-            influence = block_influence(model, batches)
-        finally:
-            prepared.model.cpu()
-        log.info("block influence: %s", [round(float(v), 4) for v in influence])
-        return influence
+        return calibration_influence(self.session)
 
     def block_influence(self, target: float) -> PruneConfig:
         layers = self.dense.num_layers
@@ -180,6 +170,21 @@ class _TargetBaselines:
                 f"it must remove at least one and keep at least one"
             )
         return replace(self.dense, layers=tuple(least_influential(self.influence, remove)))
+
+
+def calibration_influence(session: Session) -> torch.Tensor:
+    """Every layer's block influence (:func:`~autoprune.engine.influence.block_influence`)
+    on the session's importance calibration examples, ``(layers,)``."""
+    prepared, imp = session.prepared, session.spec.importance
+    calibration = prepared.data.pool.subset(slice(0, imp.samples))
+    batches = (model_inputs(batch) for batch in calibration.batches(imp.batch_size))
+    model = nn.Module.to(prepared.model, torch.device(session.settings.device))
+    try:
+        influence = block_influence(model, batches)
+    finally:
+        prepared.model.cpu()
+    log.info("block influence: %s", [round(float(v), 4) for v in influence])
+    return influence
 
 
 def _best_screened(session: Session, space: BudgetSpace, target: float) -> PruneConfig:

@@ -3,10 +3,12 @@
 A search space file names the dimensions searched (``heads``, ``ffn``, ``sparsity``), each
 with a range as ratios of the dense layer (``min``, ``max``), a ``step`` (a ratio; by
 default one head, a sixteenth of the feed-forward width, or 0.05 of sparsity) and whether
-all layers ``share`` one value. A dimension left out stays dense.
+all layers ``share`` one value; and ``layers: {}`` to search which layers to keep whole
+(depth pruning). A dimension left out stays dense.
 
-Parameters are named ``heads_3`` (heads kept in layer 3), ``ffn_3``, ``sparsity_3``, or
-``heads``, ``ffn``, ``sparsity`` when shared, and hold counts (heads, neurons) or fractions.
+Parameters are named ``heads_3`` (heads kept in layer 3), ``ffn_3``, ``sparsity_3``,
+``layers_3`` (1 keeps layer 3, 0 drops it), or ``heads``, ``ffn``, ``sparsity`` when shared,
+and hold counts (heads, neurons), fractions or keep flags.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ class DimensionSpec(Section):
         return self
 
 
+class LayersSpec(Section):
+    """Search which layers to keep (``layers: {}``): a keep flag per layer."""
+
+
 class SearchSpaceSpec(Section):
     """A search space file."""
 
@@ -55,15 +61,16 @@ class SearchSpaceSpec(Section):
     heads: DimensionSpec | None = None
     ffn: DimensionSpec | None = None
     sparsity: DimensionSpec | None = None
+    layers: LayersSpec | None = None
 
     @model_validator(mode="after")
     def _something_searched(self) -> SearchSpaceSpec:
-        if self.heads is None and self.ffn is None and self.sparsity is None:
-            raise ValueError("name at least one dimension: heads, ffn or sparsity")
+        named = [d for d in (self.heads, self.ffn, self.sparsity) if d is not None]
+        if not named and self.layers is None:
+            raise ValueError("name at least one dimension: heads, ffn, sparsity or layers")
         if self.sparsity is not None and self.sparsity.max >= 1.0:
             raise ValueError("sparsity.max must be below 1")
-        named = [d for d in (self.heads, self.ffn, self.sparsity) if d is not None]
-        if all(d.min == d.max for d in named):
+        if named and self.layers is None and all(d.min == d.max for d in named):
             raise ValueError(
                 "every dimension has min == max: the space holds one configuration, so "
                 "every trial would be the same; widen a range"
@@ -103,6 +110,9 @@ class SearchSpace:
                 for layer in range(arch.num_layers):
                     name = f"{dimension}_{layer}"
                     self._distributions[name] = self._distribution(dimension, dim_spec, layer)
+        if spec.layers is not None:
+            for layer in range(arch.num_layers):
+                self._distributions[f"layers_{layer}"] = IntDistribution(0, 1)
         if all(d.low == d.high for d in self._distributions.values()):  # type: ignore[attr-defined]
             raise StudyError(
                 "search space: on this model every parameter has a single value (the ranges "
@@ -144,6 +154,7 @@ class SearchSpace:
             heads=[int(v) for v in values("heads", list(self.arch.heads))],
             ffn=[int(v) for v in values("ffn", list(self.arch.ffn))],
             sparsity=[float(v) for v in values("sparsity", [0.0] * self.arch.num_layers)],
+            layers=[bool(params.get(f"layers_{layer}", 1)) for layer in layers],
         )
 
     def extremes(self) -> tuple[PruneConfig, PruneConfig]:
@@ -155,4 +166,6 @@ class SearchSpace:
             is_sparsity = name.startswith("sparsity")
             smallest[name] = high if is_sparsity else low
             largest[name] = low if is_sparsity else high
+        if "layers_0" in smallest:  # a model keeps at least one layer
+            smallest["layers_0"] = 1
         return self.to_config(smallest), self.to_config(largest)

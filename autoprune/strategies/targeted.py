@@ -2,10 +2,14 @@
 
 For each of ``objectives.targets``:
 
-1. **Screen.** The controller proposes allocations of exactly the target size (through a
+1. **Screen.** The controller proposes allocations of exactly the target size in the budget
+   space of the study's search space (heads and neurons, per-layer sparsity or kept layers:
+   :func:`~autoprune.search.targets.budget_space`), through a
    :class:`~autoprune.search.targets.TargetEncoding`: level switches for ``evo``, decoded
-   weights for the others). A first generation evaluates the starts (the uniform
-   allocation, and for ``evo`` the global-importance one too). Then each generation of
+   weights for the others. A first generation evaluates the starts: the uniform
+   allocation, and for ``evo`` the space's heuristics too (:meth:`TargetedSearch.heuristics`:
+   global importance for heads and neurons, OWL for sparsity, block influence for layers).
+   Then each generation of
    ``screening.offspring`` candidates goes through EvoPress's multi-step selection
    (:func:`autoprune.run.screen.select`): scored retrain-free on a small calibration slice,
    the best few on a larger fresh one, and so on. Survivors are told to the controller
@@ -14,11 +18,12 @@ For each of ``objectives.targets``:
    storage, in the target's screening study, with stage ``screen`` and its fidelity (the
    examples it was scored on).
 2. **Retrain.** The best ``screening.finalists`` distinct screened allocations, plus the
-   uniform and global-importance allocations (so the search can never hand back a model
+   uniform allocation and the space's heuristics (so the search can never hand back a model
    worse on the search split than those baselines), are retrained with the study's recipe
    and recorded in the search study with stage ``retrain``, the target and their origins
-   (``screened``, ``uniform``, ``global``). The front is read from these records only; the
-   model a user gets at a target is the finalist with the best search metric.
+   (``screened``, ``uniform``, ``global``, ``owl``, ``block-influence``). The front is read
+   from these records only; the model a user gets at a target is the finalist with the best
+   search metric.
 
 Resuming continues each target where it stopped: screened candidates are not screened
 again, and finalists already retrained are not retrained.
@@ -32,18 +37,24 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import cached_property
 from typing import Any
 
 import optuna
+import torch
 
 from autoprune.engine.prune import PruneConfig
+from autoprune.run.baselines import calibration_influence
 from autoprune.run.ledger import ORIGINS, STATUS, TARGET, Ledger
 from autoprune.run.rundir import open_study
 from autoprune.run.screen import ScreenOutcome, last_stage, select
 from autoprune.run.session import Session
 from autoprune.search.budget import BudgetSpace
+from autoprune.search.budget_depth import DepthBudget
+from autoprune.search.budget_sparsity import SparsityBudget
 from autoprune.search.controllers import EvoOptions, make_sampler
-from autoprune.search.targets import TargetEncoding
+from autoprune.search.spec import StudyError
+from autoprune.search.targets import TargetEncoding, budget_space
 from autoprune.strategies.executor import Executor
 
 log = logging.getLogger("autoprune")
@@ -63,7 +74,7 @@ class TargetedSearch:
         self.session = session
         self.spec = spec
         self.executor = executor
-        self.space = BudgetSpace(session.sizes, spec.objectives.size)
+        self.space = budget_space(session.space.spec, session.sizes, spec.objectives.size)
         schedule = spec.screening.schedule
         self.final_slice = last_stage(schedule)  # where survivors compare
         self.fidelity = float(sum(n for n, _ in schedule))  # examples a candidate may see
@@ -112,15 +123,41 @@ class TargetedSearch:
         controller = self.spec.controller
         return EvoOptions.model_validate(controller.options) if controller.name == "evo" else None
 
+    def heuristics(self, target: float) -> dict[str, Any]:
+        """The allocations of size ``target`` that rules of thumb give in this space, by
+        name: ``uniform`` (:meth:`~autoprune.search.levels.LevelSpace.at`), then ``global``
+        (heads and neurons by importance per cost), ``owl`` (sparsity, with Wanda scores:
+        ``importance.method: activation``) or ``block-influence`` (kept layers)."""
+        space, scores = self.space, self.session.prepared.scores
+        found: dict[str, Any] = {"uniform": space.at(target)}
+        if isinstance(space, BudgetSpace):
+            found["global"] = space.global_allocation(scores, target)
+        elif isinstance(space, SparsityBudget) and scores.method == "activation":
+            found["owl"] = space.owl(scores, target)
+        elif isinstance(space, DepthBudget):
+            found["block-influence"] = space.by_influence(self._influence, target)
+        return found
+
+    @cached_property
+    def _influence(self) -> torch.Tensor:
+        return calibration_influence(self.session)
+
     def _starts(self, target: float, encoding: TargetEncoding) -> list[dict[str, Any]]:
         """The parameters of the first generation: the uniform allocation, and for ``evo``
-        its ``starts`` (uniform and the global-importance allocation by default)."""
+        its ``starts`` (every heuristic of the space by default).
+
+        Raises:
+            StudyError: If ``controller.options.starts`` names a heuristic the space lacks.
+        """
         evo = self._evo_options()
-        names = evo.starts if evo is not None else ["uniform"]
-        found = {
-            "uniform": self.space.at(target),
-            "global": self.space.global_allocation(self.session.prepared.scores, target),
-        }
+        found = self.heuristics(target)
+        names: list[str] = ["uniform"] if evo is None else list(evo.starts or found)
+        missing = [name for name in names if name not in found]
+        if missing:
+            raise StudyError(
+                f"controller.options.starts: {', '.join(missing)} is not a heuristic of this "
+                f"search space at target {target}; it has {', '.join(found)}"
+            )
         starts = [encoding.params(found[name]) for name in dict.fromkeys(names)]
         return [params for params in starts if params is not None]
 
@@ -186,8 +223,8 @@ class TargetedSearch:
 
     def _finalists(self, target: float, ledger: Ledger) -> list[tuple[PruneConfig, list[str]]]:
         """The best ``screening.finalists`` distinct screened configurations, then the
-        uniform and global-importance allocations at ``target``; each once, with where it
-        came from (``screened``, ``uniform``, ``global``: one or several)."""
+        space's :meth:`heuristics` at ``target``; each once, with where it came from
+        (``screened``, ``uniform``, ...: one or several)."""
         complete = ledger.study.get_trials(
             deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
         )
@@ -200,10 +237,8 @@ class TargetedSearch:
             config = PruneConfig.from_dict(trial.user_attrs["config"])
             if all(config != seen for _, seen in found):
                 found.append(("screened", config))
-        scores = self.session.prepared.scores
-        found.append(("uniform", self.space.to_config(self.space.at(target))))
-        global_allocation = self.space.global_allocation(scores, target)
-        found.append(("global", self.space.to_config(global_allocation)))
+        for name, allocation in self.heuristics(target).items():
+            found.append((name, self.space.to_config(allocation)))
         for origin, config in found:
             key = config.to_json()
             configs.setdefault(key, config)

@@ -80,9 +80,10 @@ class EvoOptions(ControllerOptions):
     """The elitist evolution's settings (see :class:`EvolutionarySampler`)."""
 
     swaps: int = Field(default=2, ge=1, description="levels moved per child")
-    starts: list[Literal["uniform", "global"]] = Field(
-        default=["uniform", "global"],
-        description="allocations evaluated first, at each target (a targeted search)",
+    starts: list[Literal["uniform", "global", "owl", "block-influence"]] | None = Field(
+        default=None,
+        description="allocations evaluated first, at each target (a targeted search); "
+        "default: uniform and the search space's heuristic (global, owl or block-influence)",
     )
 
 

@@ -12,8 +12,8 @@ sampler also serves a free-size search.
 State that spans trials is the study itself: the parent is read from its finished trials,
 so the sampler works across processes unchanged; the instance holds its configuration and
 a lazily created random state. Its first trials come from the study's enqueued trials (the
-starts: the uniform and the global-importance allocations); without any finished or enqueued
-trial it samples independently at random.
+starts: the uniform allocation and the budget space's heuristics); without any finished or
+enqueued trial it samples independently at random.
 """
 
 from __future__ import annotations
