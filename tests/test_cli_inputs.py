@@ -136,6 +136,22 @@ def test_a_failed_first_start_leaves_the_run_usable(tmp_path: Path) -> None:
     assert not list(out.rglob("*.partial"))
 
 
+def test_an_unfinished_shared_preparation_of_another_study_is_discarded(tmp_path: Path) -> None:
+    """A run whose prepared folder links to a shared one (as the benchmarks share them)."""
+    from autoprune.workflow import run_search
+
+    study = tiny_study(tmp_path)
+    shared, out = tmp_path / "shared", tmp_path / "run"
+    shared.mkdir()
+    (shared / "fingerprint.pending.json").write_text('{"data.train": "elsewhere.csv"}')
+    (shared / "stale.safetensors").write_text("from another study")
+    out.mkdir()
+    (out / "prepared").symlink_to(shared, target_is_directory=True)
+    run_search(study, out, {"budget.trials": 1})
+    assert (out / "prepared").is_symlink() and (shared / "fingerprint.json").is_file()
+    assert not (shared / "stale.safetensors").exists()
+
+
 # -- 5. the dense model's new head is seeded --------------------------------------------------
 
 

@@ -145,8 +145,8 @@ def _check_fingerprint(directory: Path, spec: StudySpec) -> None:
     pending = directory / "fingerprint.pending.json"
     if pending.is_file() and json.loads(pending.read_text()) != current:
         log.info("discarding the unfinished preparation of another study in %s", directory)
-        shutil.rmtree(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(directory.resolve())  # a shared preparation: what the link points to
+    directory.resolve().mkdir(parents=True, exist_ok=True)
     write_atomically(pending, lambda partial: partial.write_text(json.dumps(current, indent=2)))
 
 
