@@ -35,9 +35,11 @@ Run: ``python benchmarks/search_quality.py`` (about 2 hours on 2 CPU cores).
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -133,20 +135,56 @@ class Unretrained:
         return self.cache[key]
 
 
-def phase_seconds(run: Run) -> dict[str, float]:
-    """Seconds spent screening (every candidate of every target) and retraining (every
-    finalist and baseline), and candidates screened, from the run's records."""
+def screening_trials(run: Run) -> Iterator[tuple[float, optuna.trial.FrozenTrial]]:
+    """Every screened candidate of the run, with its target."""
     spec = run.spec
     storage = RunDir(run.path).storage_url(spec)
-    screened, screening = 0, 0.0
     for target in spec.objectives.targets:
         name = study_name(spec, screening_study_name(target))
         study = optuna.load_study(study_name=name, storage=storage)
         for trial in study.get_trials(deepcopy=False):
-            screened += 1
-            screening += float((trial.user_attrs.get("seconds") or {}).get("total", 0.0))
+            yield target, trial
+
+
+def phase_seconds(run: Run) -> dict[str, float]:
+    """Seconds spent screening (every candidate of every target) and retraining (every
+    finalist and baseline), and candidates screened, from the run's records."""
+    screened, screening = 0, 0.0
+    for _, trial in screening_trials(run):
+        screened += 1
+        screening += float((trial.user_attrs.get("seconds") or {}).get("total", 0.0))
     retraining = float(run.trials["seconds"].fillna(0.0).sum())
     return {"screening": screening, "retraining": retraining, "candidates": float(screened)}
+
+
+def finalist_agreement(runs: list[Run]) -> dict[str, dict[str, int]]:
+    """How well two cheaper scores order the finalists of one seed and target as their test
+    metric after retraining does: the screening fitness (retrain-free, on the last selection
+    slice) and the search metric after retraining (what chooses). Per score, the pairs of
+    finalists it orders as the test metric does (``concordant``) out of the pairs that both
+    tell apart (``pairs``); half of them is chance."""
+    counts = {score: {"concordant": 0, "pairs": 0} for score in ("screening", "search")}
+    for run in runs:
+        sign = 1.0 if run.higher_is_better else -1.0
+        fitness = {  # lower is better; every finalist was screened on the last slice
+            (target, PruneConfig.from_dict(t.user_attrs["config"]).to_json()): t.values[0]
+            for target, t in screening_trials(run)
+            if t.state == optuna.trial.TrialState.COMPLETE
+        }
+        finalists = run.complete("search")
+        for target, group in finalists.groupby("target"):
+            rows = []
+            for _, row in group.iterrows():
+                config = PruneConfig(heads=list(row["heads"]), ffn=list(row["ffn"])).to_json()
+                quality = {"screening": -fitness[(target, config)]}
+                quality["search"] = sign * float(row["metric_search"])
+                rows.append((quality, sign * float(row["metric_test"])))
+            for (a, test_a), (b, test_b) in itertools.combinations(rows, 2):
+                for score, count in counts.items():
+                    if a[score] != b[score] and test_a != test_b:
+                        count["pairs"] += 1
+                        count["concordant"] += (a[score] - b[score]) * (test_a - test_b) > 0
+    return counts
 
 
 def summarize(values: list[float]) -> dict[str, Any]:
@@ -279,8 +317,14 @@ def markdown(report: dict[str, Any]) -> list[str]:
                 + " | ".join(cell(m) for m in METHODS)
                 + f" | {c['diff']:+.4f} vs {c['best_baseline']} [{low:+.4f}, {high:+.4f}] |"
             )
-        phases = info["minutes"]
+        phases, agreement = info["minutes"], info["finalist_agreement"]
         lines += [
+            "",
+            "Pairs of finalists (same seed and target) ordered as their test metric after "
+            "retraining orders them: by the screening fitness (retrain-free) "
+            f"{agreement['screening']['concordant']}/{agreement['screening']['pairs']}, by the "
+            "search metric after retraining (the choice) "
+            f"{agreement['search']['concordant']}/{agreement['search']['pairs']}; chance is half.",
             "",
             "Wall time: "
             + ", ".join(f"{phase} {minutes:.1f} min" for phase, minutes in phases.items())
@@ -353,6 +397,7 @@ def main() -> None:
             "dense_search": dense.metric_search,
             "minutes": {phase: seconds / 60 for phase, seconds in spent.items()},
             "candidates_screened": candidates,
+            "finalist_agreement": finalist_agreement(runs),
             "plot": f"search_quality_{task}.png",
         }
         for mode in MODES:
