@@ -171,7 +171,7 @@ def test_a_targeted_search_allocates_sparsity_or_layers_beside_its_heuristic(
     tmp_path, space, size, target, heuristic
 ) -> None:
     """The evolutionary search in a sparsity or depth budget space: every candidate on
-    target, the space's heuristic among the starts and the finalists."""
+    target and refit by recovery, the space's heuristic among the starts and the finalists."""
     space_file = tmp_path / "levels.yaml"
     space_file.write_text(json.dumps(space))
     study = tiny_lm_study(
@@ -180,7 +180,13 @@ def test_a_targeted_search_allocates_sparsity_or_layers_beside_its_heuristic(
         importance={"method": "activation", "samples": 8, "batch_size": 4},
         objectives={"size": size, "reference": 1000.0, "targets": [target]},
         controller={"name": "evo", "seed": 0, "options": {"swaps": 1}},
-        screening={"fitness": "kl", "candidates": 6, "offspring": 2, "schedule": [[4, 1]]},
+        screening={  # candidates refit by recovery, depth-pruned ones too
+            "fitness": "kl",
+            "candidates": 6,
+            "offspring": 2,
+            "schedule": [[4, 1]],
+            "recovery_examples": 4,
+        },
         retrain={"steps": 0, "batch_size": 4, "top_k": 8},
     )
     out = tmp_path / "run"
@@ -190,6 +196,7 @@ def test_a_targeted_search_allocates_sparsity_or_layers_beside_its_heuristic(
     tolerance = budget_space(open_run(out).space.spec, open_run(out).sizes, size).tolerance
     for trial in screened:
         assert abs(trial.user_attrs[f"ratio_{size}"] - target) <= tolerance + 1e-9
+        assert trial.user_attrs["recovered"]
     run = load_run(out)
     finalists = run.complete("search")
     origins = [origin for found in finalists["origins"] for origin in found]

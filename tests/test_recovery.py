@@ -91,6 +91,24 @@ def test_recovery_fits_projections_without_a_bias() -> None:
     assert_no_block_got_worse(pruned, recovered, calibration)
 
 
+def test_a_depth_pruned_model_is_fit_to_the_layers_it_kept() -> None:
+    dense = tiny_llama()
+    config = PruneConfig(heads=[4, 4, 4], ffn=[96, 40, 96], layers=[True, False, True])
+    pruned = autoprune.prune(dense, config, scores_with_heads(dense))
+    calibration = calibration_of(dense, [llama_batch(seed=s) for s in range(2)])
+    kept = config.kept_layers()
+    before = reconstruction_errors(pruned, calibration, kept)
+    recovered = recover(copy.deepcopy(pruned), calibration, kept=kept)
+    after = reconstruction_errors(recovered, calibration, kept)
+    assert len(after) == 2
+    for layer, block in ((0, "head"), (0, "neuron"), (1, "head"), (1, "neuron")):
+        assert after[layer][block] <= before[layer][block] + 1e-9, (layer, block)
+    with pytest.raises(ValueError, match="pruned has 2 layers, the calibration's dense model 3"):
+        recover(copy.deepcopy(pruned), calibration)
+    with pytest.raises(ValueError, match="the kept-layer flags keep 3"):
+        recover(copy.deepcopy(pruned), calibration, kept=[True, True, True])
+
+
 def test_the_dense_model_is_left_as_it_is() -> None:
     dense = tiny_model("bert")
     batches = [tiny_batch(8, 12, seed=s) for s in range(2)]

@@ -25,7 +25,7 @@ towards the unscaled model (``s = 1``), never towards removing a unit.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Literal
@@ -204,7 +204,11 @@ def _refit(
 
 
 def recover(
-    pruned: PreTrainedModel, calibration: Calibration, *, ridge: float = 1e-3
+    pruned: PreTrainedModel,
+    calibration: Calibration,
+    *,
+    ridge: float = 1e-3,
+    kept: Sequence[bool] | None = None,
 ) -> PreTrainedModel:
     """Refit ``pruned`` (in place) so each block reproduces the dense model's block output.
 
@@ -223,44 +227,66 @@ def recover(
         calibration: The calibration batches and the dense block outputs.
         ridge: The ridge weight towards ``s = 1``, relative to the mean diagonal of the
             problem's Gram matrix; > 0.
+        kept: Which dense layers ``pruned`` kept (depth pruning), or None for all: each kept
+            layer's blocks are fit to the dense outputs of the layer it was.
 
     Returns:
         ``pruned`` itself.
 
     Raises:
-        ValueError: If ``ridge`` is not positive, or ``pruned`` has another number of layers
-            than the dense model.
+        ValueError: If ``ridge`` is not positive, or ``pruned``'s layers are not the dense
+            model's (or its ``kept`` ones).
     """
     if not ridge > 0:
         raise ValueError(f"ridge must be > 0, got {ridge}")
     family = family_of(pruned)
-    num_layers = describe(pruned).num_layers
-    if num_layers != calibration.num_layers:
-        raise ValueError(
-            f"pruned has {num_layers} layers, the calibration's dense model "
-            f"{calibration.num_layers}"
-        )
+    sources = _sources(pruned, calibration, kept)
     groups = family.groups(pruned)
-    for layer in range(num_layers):
+    for layer, source in enumerate(sources):
         for block in BLOCKS:
             inputs = _block_inputs(pruned, layer, block, calibration.batches)
             linear = projection(pruned, layer, block)
-            targets = calibration.target(layer, block)
+            targets = calibration.target(source, block)
             _refit(linear, groups.gate(block).width, inputs, targets, ridge)
     return pruned
 
 
+def _sources(
+    pruned: PreTrainedModel, calibration: Calibration, kept: Sequence[bool] | None
+) -> list[int]:
+    """For each layer of ``pruned``, the index of the dense layer it was (the ``kept`` ones,
+    or every layer for None), checked against the calibration's dense model."""
+    if kept is not None and len(kept) != calibration.num_layers:
+        raise ValueError(
+            f"kept has {len(kept)} flags, the calibration's dense model "
+            f"{calibration.num_layers} layers"
+        )
+    num_layers = describe(pruned).num_layers
+    if kept is None and num_layers != calibration.num_layers:
+        raise ValueError(
+            f"pruned has {num_layers} layers, the calibration's dense model "
+            f"{calibration.num_layers}"
+        )
+    sources = list(range(num_layers)) if kept is None else [i for i, k in enumerate(kept) if k]
+    if len(sources) != num_layers:
+        raise ValueError(
+            f"pruned has {num_layers} layers, the kept-layer flags keep {len(sources)}"
+        )
+    return sources
+
+
 def reconstruction_errors(
-    model: PreTrainedModel, calibration: Calibration
+    model: PreTrainedModel, calibration: Calibration, kept: Sequence[bool] | None = None
 ) -> list[dict[Block, float]]:
-    """Per layer and block, the squared error of ``model``'s projection output against the
-    dense one on the calibration tokens, relative to the dense output's sum of squares."""
+    """Per layer of ``model`` and block, the squared error of its projection output against
+    the dense one (of the dense layer it was, for ``kept`` flags) on the calibration tokens,
+    relative to the dense output's sum of squares."""
     outputs = _block_outputs(model, calibration.batches)
     errors: list[dict[Block, float]] = []
-    for layer in range(calibration.num_layers):
+    for layer, source in enumerate(_sources(model, calibration, kept)):
         errors.append({})
         for b, block in enumerate(BLOCKS):
-            pairs = zip(outputs[2 * layer + b], calibration.target(layer, block), strict=True)
+            pairs = zip(outputs[2 * layer + b], calibration.target(source, block), strict=True)
             squared, reference = 0.0, 0.0
             for y, dense in pairs:
                 dense = dense.to(y.device).double()  # (tokens, hidden)

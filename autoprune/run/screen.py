@@ -199,7 +199,7 @@ class Screener:
         """``config`` applied to the dense model (and refit, with recovery), on the device."""
         model = prune(self.dense, config, self.prepared.scores).eval()
         if self.calibration is not None:
-            recover(model, self.calibration)
+            recover(model, self.calibration, kept=config.kept_layers())
         return model
 
     def score(self, model: PreTrainedModel, examples: slice) -> float:
