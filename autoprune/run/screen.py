@@ -13,7 +13,10 @@ candidate. Every fitness is oriented the same way: **lower is better**.
   over examples. 0 for the dense model.
 - ``loss``: the task's training loss, the mean over examples.
 - ``metric``: the task's metric on the search split, negated where higher is better
-  (``-accuracy``). The expensive, noisy one, kept for comparison.
+  (``-accuracy``), plus :data:`TIE_BREAK` times the task loss on the same examples, so that
+  candidates the metric cannot tell apart (a Matthews correlation of 0 for every pruned
+  classifier that predicts one class) are ordered by their loss rather than by the order
+  they came in.
 
 :func:`select` is EvoPress's multi-step selection (Sieberling et al. 2024, "EvoPress: Towards
 Optimal Dynamic Model Compression via Evolutionary Search"): every candidate is scored on a
@@ -49,6 +52,9 @@ from autoprune.tasks.base import Batch, model_inputs
 from autoprune.tasks.data import Encoded
 
 FITNESSES: tuple[Fitness, ...] = get_args(Fitness)
+TIE_BREAK = 1e-6
+"""The weight of the task loss in the ``metric`` fitness: below any metric difference read
+on a few hundred examples, above float rounding."""
 
 
 @dataclass
@@ -258,7 +264,8 @@ class Screener:
 
     def _metric(self, model: PreTrainedModel, part: Encoded, key: tuple[int, int]) -> float:
         task = self.prepared.task
-        return -task.score(task.evaluate(model, part))
+        loss = self._loss(model, part, key)
+        return -task.score(task.evaluate(model, part)) + TIE_BREAK * loss
 
 
 def last_hidden(model: PreTrainedModel, batch: Batch) -> torch.Tensor:
