@@ -93,11 +93,14 @@ log = logging.getLogger("autoprune")
 
 
 def run_seed(root: Path, task: str, seed: int, overrides: dict[str, Any]) -> Run:
-    """The task's targeted search and its layer-uniform baselines for one seed."""
+    """The task's targeted search and its layer-uniform baselines for one seed; a target
+    whose layer-uniform baseline is recorded already is not chosen and trained again."""
     out = run_dir_sharing(root / task / f"s{seed}", root / task / "prepared")
     run_search(STUDIES[task], out, {**overrides, "controller.seed": seed, "retrain.seed": seed})
-    targets = overrides["objectives.targets"]
-    run_baselines(out, targets=[("layer-uniform", t) for t in targets])
+    done = set(load_run(out).complete("layer-uniform")["target"])
+    missing = [t for t in overrides["objectives.targets"] if t not in done]
+    if missing:
+        run_baselines(out, targets=[("layer-uniform", t) for t in missing])
     return load_run(out)
 
 
