@@ -28,7 +28,7 @@ from autoprune.engine.groups import Unit
 from autoprune.engine.measure import SizeModel, SizeUnit
 from autoprune.engine.prune import PruneConfig
 from autoprune.engine.scores import Scores
-from autoprune.search.levels import BudgetError, LevelSpace
+from autoprune.search.levels import BudgetError, LevelSpace, step
 
 SlotDimension = Literal["heads", "ffn"]
 
@@ -81,10 +81,6 @@ class Slot:
     def cost(self, level: int) -> int:
         """What ``level`` keeps, in the space's size unit."""
         return self.counts[level] // self.per_unit * self.unit_cost
-
-    def step(self, level: int) -> int:
-        """The cost of going from ``level - 1`` to ``level``."""
-        return self.cost(level) - self.cost(level - 1)
 
     def level_of(self, count: int) -> int:
         """The level that keeps ``count``; raises :class:`BudgetError` off the grid."""
@@ -219,7 +215,7 @@ class BudgetSpace(LevelSpace[Allocation, Slot]):
             if not growing:
                 break
             index = min(growing, key=lambda i: (levels[i], i))
-            cost = self.slots[index].step(levels[index] + 1)
+            cost = step(self.slots[index], levels[index] + 1)
             if abs(kept + cost - budget) > abs(kept - budget):
                 break
             levels[index] += 1
@@ -305,7 +301,7 @@ class BudgetSpace(LevelSpace[Allocation, Slot]):
             """Score per cost of ``level`` of slot ``index`` (its units above the level below)."""
             slot = self.slots[index]
             low, high = slot.counts[level - 1] // slot.per_unit, slot.counts[level] // slot.per_unit
-            return sum(ranked[index][low:high]) / slot.step(level)
+            return sum(ranked[index][low:high]) / step(slot, level)
 
         if self._kept(levels) < budget:
             self._fill(levels, budget, lambda i: value(i, levels[i] + 1))
