@@ -38,6 +38,7 @@ import argparse
 import itertools
 import logging
 import statistics
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -348,6 +349,11 @@ def main() -> None:
         "--targets", default=",".join(map(str, TARGETS)), help="sizes, comma-separated"
     )
     parser.add_argument("--out", default=str(RUNS / "targeted"))
+    parser.add_argument("--fitness", help="screening fitness instead of the study files'")
+    parser.add_argument(
+        "--recovery-examples", type=int, help="screening recovery instead of the study files'"
+    )
+    parser.add_argument("--name", default="search_quality", help="of the results files")
     add_smoke_flag(parser)
     args = parser.parse_args()
     targets = [float(t) for t in args.targets.split(",")]
@@ -362,12 +368,16 @@ def main() -> None:
         "objectives.targets": targets,
         "screening.candidates": args.candidates,
     }
+    if args.fitness is not None:
+        overrides["screening.fitness"] = args.fitness
+    if args.recovery_examples is not None:
+        overrides["screening.recovery_examples"] = args.recovery_examples
     if args.smoke:
         overrides.update(SMOKE_OVERRIDES)
         overrides.update({"screening.offspring": 4, "screening.schedule": [[8, 2], [16, 1]]})
         overrides["screening.candidates"] = min(args.candidates, 8)
     report: dict[str, Any] = {
-        "command": "python benchmarks/search_quality.py",
+        "command": " ".join(["python benchmarks/search_quality.py", *sys.argv[1:]]),
         "threads": torch.get_num_threads(),
         "seeds": args.seeds,
         "candidates": overrides["screening.candidates"],
@@ -401,15 +411,15 @@ def main() -> None:
             "minutes": {phase: seconds / 60 for phase, seconds in spent.items()},
             "candidates_screened": candidates,
             "finalist_agreement": finalist_agreement(runs),
-            "plot": f"search_quality_{task}.png",
+            "plot": f"{args.name}_{task}.png",
         }
         for mode in MODES:
             comparisons, rows = compare(runs, task, mode)
             report["comparisons"] += comparisons
             report["trials"] += rows
         report["minutes"] = (time.perf_counter() - started) / 60
-        plot(report, task, results / f"search_quality_{task}.png")
-        write_results("search_quality", report, markdown(report), results)
+        plot(report, task, results / f"{args.name}_{task}.png")
+        write_results(args.name, report, markdown(report), results)
     log.info("done in %.0f minutes", (time.perf_counter() - started) / 60)
 
 
