@@ -108,8 +108,9 @@ class ScreeningSpec(Section):
 
     fitness: Fitness = Field(
         default="metric",
-        description="kl, hidden, loss or metric; metric (the search-split metric before "
-        "retraining) ranked MiniLM allocations best in benchmarks/fidelity.py",
+        description="kl, hidden, loss or metric (the search-split metric before retraining); "
+        "in benchmarks/fidelity.py kl with recovery_examples ranked MiniLM allocations best, "
+        "metric next, and a search with kl and recovery did not beat metric in a pilot",
     )
     candidates: int = Field(default=200, ge=1, description="candidates screened per target")
     offspring: int = Field(default=16, ge=1, description="candidates per generation")
