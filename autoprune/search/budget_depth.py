@@ -53,18 +53,21 @@ class DepthBudget(LevelSpace[PruneConfig, LayerSlot]):
     Args:
         sizes: The size model of the dense model.
         unit: The size unit targets are in.
+
+    Raises:
+        BudgetError: If the model has fewer than two layers.
     """
 
     allocates = "whole layers"
 
     def __init__(self, sizes: SizeModel, unit: SizeUnit) -> None:
+        if sizes.arch.num_layers < 2:
+            raise BudgetError("a depth search needs a model of at least two layers")
         self.dense_config = PruneConfig.dense(sizes.arch)
         dense = getattr(sizes.dense, unit)
         slots = []
         for layer in range(sizes.arch.num_layers):
             flags = [i != layer for i in range(sizes.arch.num_layers)]
-            if not any(flags):  # a one-layer model: what the layer holds, from its units
-                flags = [True]
             without = getattr(sizes.size(replace(self.dense_config, layers=tuple(flags))), unit)
             slots.append(LayerSlot(layer, dense - without))
         super().__init__(sizes, unit, slots)
