@@ -19,6 +19,7 @@ CASES = {
     "latency": ([], "latency"),
     "early_stopping": ([], "early_stopping"),
     "fidelity": ([], "fidelity"),
+    "refit_retrain": ([], "refit_retrain"),
     "ray_throughput": ([], "ray_throughput"),
     "search_quality": (["--tasks", "sst2", "--seeds", "1", "--targets", "0.25"], "search_quality"),
     "llm": ([], "llm"),  # builds its own tiny random Llama

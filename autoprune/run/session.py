@@ -19,7 +19,7 @@ from autoprune.engine.measure import SizeModel
 from autoprune.run.ledger import Ledger
 from autoprune.run.prepare import Prepared, check_inputs, pick_device, prepare
 from autoprune.run.rundir import BASELINE, SEARCH, RunDir, open_study
-from autoprune.run.trial import TrialSettings
+from autoprune.run.trial import TrialSettings, check_recovery_examples
 from autoprune.search.controllers import make_sampler
 from autoprune.search.space import SearchSpace, SearchSpaceSpec, load_space
 from autoprune.search.spec import StudyError, StudySpec, load_study, save_study
@@ -89,6 +89,7 @@ def open_session(spec: StudySpec, run: RunDir, read_only: bool = False) -> Sessi
             load_space(spec.search_space)
     storage = run.open_storage(spec, create=not read_only)
     prepared = prepare(spec, run.prepared, device)  # refuses a run prepared differently
+    check_recovery_examples(prepared, spec.retrain.recovery_examples)
     task = prepared.task
     space = SearchSpace(_search_space(spec, run, read_only), describe(prepared.model))
     if not read_only:

@@ -18,8 +18,10 @@ from transformers import PreTrainedModel
 
 from autoprune.engine.measure import SizeUnit, measure
 from autoprune.engine.prune import PruneConfig, prune
+from autoprune.engine.recovery import Calibration, recover
 from autoprune.run.prepare import Prepared
-from autoprune.search.spec import RetrainSpec, StudySpec
+from autoprune.search.spec import RetrainSpec, StudyError, StudySpec
+from autoprune.tasks.base import model_inputs
 from autoprune.tasks.train import Recipe, train
 
 SIZE_UNITS: tuple[SizeUnit, ...] = get_args(SizeUnit)
@@ -80,7 +82,7 @@ class TrialOutcome:
         metric_test: After retraining, on the test split (never given to the controller);
             None for a trial stopped early.
         retrain_steps: Retraining steps taken.
-        seconds: Time spent pruning, retraining, evaluating, and in all.
+        seconds: Time spent pruning (and refitting), retraining, evaluating, and in all.
         stage: How the candidate was evaluated.
         fidelity: The stage's fidelity (retraining steps planned).
         rungs: The search metric at each rung reached, by step.
@@ -120,6 +122,30 @@ class TrialOutcome:
         return attrs
 
 
+def check_recovery_examples(prepared: Prepared, examples: int) -> None:
+    """Raises StudyError, naming ``retrain.recovery_examples``, unless ``examples`` is in
+    ``[0, len(prepared.retrain_data)]``."""
+    available = len(prepared.retrain_data)
+    if not 0 <= examples <= available:
+        raise StudyError(
+            f"retrain.recovery_examples: must be between 0 and {available} (the retraining "
+            f"examples), got {examples}"
+        )
+
+
+def retrain_calibration(prepared: Prepared, examples: int) -> Calibration:
+    """The dense model's block outputs on the first ``examples`` retraining examples, which
+    a pruned model is refit to before retraining (``retrain.recovery_examples``).
+
+    Raises:
+        StudyError: If ``examples`` is out of range (:func:`check_recovery_examples`).
+        ValueError: If ``examples`` is 0 (nothing to fit).
+    """
+    check_recovery_examples(prepared, examples)
+    batches = prepared.retrain_data.subset(slice(0, examples)).batches(32)
+    return Calibration.record(prepared.model, [model_inputs(b) for b in batches])
+
+
 RungCallback = Callable[[int, TrialOutcome], bool]
 """``on_rung(step, outcome so far)``: whether retraining goes on past rung ``step``."""
 
@@ -130,7 +156,8 @@ def run_trial(
     settings: TrialSettings,
     on_rung: RungCallback | None = None,
 ) -> tuple[TrialOutcome, PreTrainedModel]:
-    """Prune, retrain with distillation, evaluate and measure one configuration.
+    """Prune, refit (with ``retrain.recovery_examples``), retrain with distillation,
+    evaluate and measure one configuration.
 
     With ``on_rung``, at each of ``settings.rungs`` the search metric is measured and
     ``on_rung(step, outcome)`` (the outcome as it would be recorded if the trial stopped
@@ -139,6 +166,9 @@ def run_trial(
     """
     started = time.perf_counter()
     model = prune(prepared.model, config, prepared.scores)
+    if settings.retrain.recovery_examples:
+        calibration = retrain_calibration(prepared, settings.retrain.recovery_examples)
+        recover(model, calibration, kept=config.kept_layers())
     size = measure(model, settings.seq_len)
     ratios: dict[str, float] = {u: size.ratio(prepared.dense.size, u) for u in SIZE_UNITS}
     pruned_at = time.perf_counter()

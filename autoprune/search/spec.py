@@ -25,7 +25,7 @@ from autoprune.tasks.base import TeacherMode
 from autoprune.tasks.data import DataSpec
 
 BackendName = Literal["local", "ray"]
-CLASSIFIER_DATA = ("label", "labels", "metric", "seed")
+CLASSIFIER_DATA = ("label", "labels", "metric", "seed", "search_min_words")
 """The ``data:`` keys only a classification task reads."""
 Fitness = Literal["kl", "hidden", "loss", "metric"]
 """What a screened candidate is scored by; lower is better for every kind
@@ -144,6 +144,12 @@ class RetrainSpec(Section):
     temperature: float = Field(default=2.0, gt=0)
     distill_weight: float = Field(default=0.5, ge=0, le=1)
     samples: int | None = Field(default=None, ge=1, description="pool examples to use")
+    recovery_examples: int = Field(
+        default=0,
+        ge=0,
+        description="retraining examples the kept heads and neurons are refit on by least "
+        "squares before retraining starts (Kwon et al. 2022; 0: none)",
+    )
     seed: int = 0
     teacher: TeacherMode | None = Field(
         default=None,
