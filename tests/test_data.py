@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
-from autoprune.tasks.data import DataSpec, load_task, read_table
+from autoprune.tasks.data import DataError, DataSpec, load_task, read_table
 from autoprune.tasks.metrics import accuracy, chance_level, f1, matthews
 
 
@@ -54,6 +54,37 @@ def test_search_split_is_disjoint_from_the_pool(tmp_path: Path, tokenizer) -> No
     pool = set(decode(task.pool.input_ids, skip_special_tokens=True))
     assert len(search) == 100 and len(pool) == 200 and not search & pool
     assert len(task.test) == 40
+
+
+def test_search_split_of_long_examples_only(tmp_path: Path, tokenizer) -> None:
+    lengths = [3 + i % 10 for i in range(300)]  # 3 to 12 words; 90 have 10 or more
+    texts = [" ".join(["word"] * (n - 1) + [str(i)]) for i, n in enumerate(lengths)]
+    frame = pd.DataFrame({"text": texts, "label": [i % 2 for i in range(300)]})
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    frame.head(40).to_csv(tmp_path / "test.csv", index=False)
+    spec = DataSpec(
+        train=tmp_path / "train.csv",
+        test=tmp_path / "test.csv",
+        text=["text"],
+        search_samples=50,
+        search_min_words=10,
+    )
+
+    def words(split) -> list[int]:
+        decoded = tokenizer.batch_decode(split.input_ids, skip_special_tokens=True)
+        return [len(text.split()) for text in decoded]
+
+    task = load_task(spec, tokenizer, max_length=32)
+    assert len(task.search) == 50 and len(task.pool) == 250
+    assert min(words(task.search)) >= 10
+    assert min(words(task.pool)) < 10  # the pool keeps the short ones
+    search = set(tokenizer.batch_decode(task.search.input_ids))
+    assert not search & set(tokenizer.batch_decode(task.pool.input_ids))
+    every = load_task(spec.model_copy(update={"search_min_words": None}), tokenizer, 32)
+    assert min(words(every.search)) < 10
+    too_many = spec.model_copy(update={"search_samples": 100})
+    with pytest.raises(DataError, match=r"only 90 training examples .*data.search_min_words"):
+        load_task(too_many, tokenizer, max_length=32)
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl", ".parquet"])

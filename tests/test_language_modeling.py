@@ -147,6 +147,8 @@ def test_each_task_refuses_the_other_tasks_keys(tmp_path: Path) -> None:
         load_study(study, {"objectives.reference": None})
     with pytest.raises(StudyError, match="data.metric, model.num_labels: settings of a class"):
         load_study(study, {"data.metric": "matthews", "model.num_labels": 2})
+    with pytest.raises(StudyError, match="data.search_min_words: settings of a class"):
+        load_study(study, {"data.search_min_words": 10})
     refused = {"task": "classification", "data.text": ["text"], "data.search_samples": 10}
     with pytest.raises(StudyError, match="objectives.reference, retrain.top_k: settings of a lan"):
         load_study(study, refused)

@@ -71,6 +71,13 @@ class DataSpec(Section):
     search_samples: int = Field(
         default=1000, ge=10, description="examples (windows, for a language model) to search on"
     )
+    search_min_words: int | None = Field(
+        default=None,
+        ge=1,
+        description="a classifier's search split is drawn from training examples of at least "
+        "this many words only, so that where the training set holds fragments (SST-2's "
+        "phrases) choices are made on examples like the test set's (default: any)",
+    )
     train_samples: int | None = Field(
         default=None, ge=10, description="size of the training pool (default: all the rest)"
     )
@@ -318,6 +325,32 @@ def encode(
     )
 
 
+def _search_and_pool(
+    train: pd.DataFrame, order: torch.Tensor, spec: DataSpec, text: list[str], source: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training rows of the search split (the first ``search_samples`` of ``order`` with
+    at least ``search_min_words`` words) and of the pool (the rest, in ``order``).
+
+    Raises:
+        DataError: If too few examples have ``search_min_words`` words.
+    """
+    if spec.search_min_words is None:
+        return order[: spec.search_samples], order[spec.search_samples :]
+    words = sum(train[c].astype(str).str.split().str.len() for c in text)
+    long_enough = torch.as_tensor(words.to_numpy() >= spec.search_min_words)[order]
+    eligible = order[long_enough]
+    if len(eligible) < spec.search_samples:
+        raise DataError(
+            f"{source}: only {len(eligible)} training examples have at least "
+            f"{spec.search_min_words} words (data.search_min_words), fewer than the "
+            f"{spec.search_samples} of data.search_samples"
+        )
+    search = eligible[: spec.search_samples]
+    taken = torch.zeros(len(train), dtype=torch.bool)
+    taken[search] = True
+    return search, order[~taken[order]]
+
+
 def load_task(spec: DataSpec, tokenizer: PreTrainedTokenizerBase, max_length: int) -> TaskData:
     """Read, split and tokenize a classification task; the same ``spec`` always gives the
     same splits."""
@@ -341,8 +374,7 @@ def load_task(spec: DataSpec, tokenizer: PreTrainedTokenizerBase, max_length: in
             f"{spec.search_samples} (data.search_samples) and a training pool"
         )
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(spec.seed))
-    search_rows = order[: spec.search_samples]
-    pool_rows = order[spec.search_samples :]
+    search_rows, pool_rows = _search_and_pool(train, order, spec, spec.text, train_source)
     if spec.train_samples is not None:
         pool_rows = pool_rows[: spec.train_samples]
     if spec.test_samples is not None:
