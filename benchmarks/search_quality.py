@@ -354,8 +354,16 @@ def main() -> None:
         "--recovery-examples", type=int, help="screening recovery instead of the study files'"
     )
     parser.add_argument("--name", default="search_quality", help="of the results files")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--only-seed",
+        type=int,
+        help="run this seed's searches and baselines only and write no results (to run "
+        "seeds side by side; a later run without it reads them back)",
+    )
     add_smoke_flag(parser)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     targets = [float(t) for t in args.targets.split(",")]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -395,6 +403,9 @@ def main() -> None:
         spent.update({"screening": 0.0, "retraining": 0.0})
         candidates = 0
         runs = []
+        if args.only_seed is not None:
+            run_seed(root, task, args.only_seed, overrides)
+            continue
         for seed in range(args.seeds):
             log.info("=== %s, seed %d ===", task, seed)
             run = run_seed(root, task, seed, overrides)
