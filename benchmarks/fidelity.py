@@ -137,7 +137,7 @@ def main() -> None:
                 [-statistics.mean(row["search_at"][s][str(step)] for s in seeds) for row in rows],
                 final,
             )
-            for step in checks
+            for step in dict.fromkeys((*checks, args.steps))  # the last: what a choice reads
         },
         "spearman_between_seeds": [
             rank_correlation([-row["tests"][a] for row in rows], [-row["tests"][b] for row in rows])
