@@ -60,6 +60,7 @@ from common import (  # noqa: E402
     run_dir_sharing,
     write_results,
 )
+from scipy.stats import spearmanr  # noqa: E402
 
 from autoprune.engine.prune import PruneConfig, prune  # noqa: E402
 from autoprune.reports.compare import (  # noqa: E402
@@ -189,6 +190,40 @@ def finalist_agreement(runs: list[Run]) -> dict[str, dict[str, int]]:
                         count["pairs"] += 1
                         count["concordant"] += (a[score] - b[score]) * (test_a - test_b) > 0
     return counts
+
+
+def finalist_ceiling(runs: list[Run]) -> list[dict[str, Any]]:
+    """Per target, what a perfect choice among the retrained finalists would give: the mean
+    over seeds of the best finalist's test metric (``oracle_mean``), in how many seeds the
+    search's choice was that finalist (``choice_hits``), and Spearman's rho, over every
+    seed's finalists, of the test metric with the search metric after retraining (what
+    chooses) and before it (what screening saw)."""
+    found = []
+    finalists = [(run, run.complete("search")) for run in runs]
+    for target in runs[0].spec.objectives.targets:
+        groups = [(run, table[table["target"] == target]) for run, table in finalists]
+        tests = [group["metric_test"] for _, group in groups]
+        best = [float(t.max() if runs[0].higher_is_better else t.min()) for t in tests]
+        picked = [run.best_at(target, "search") for run, _ in groups]
+        pooled = pd.concat([group for _, group in groups])
+        found.append(
+            {
+                "target": target,
+                "oracle_mean": statistics.mean(best),
+                "choice_hits": sum(
+                    p is not None and float(p["metric_test"]) == b
+                    for p, b in zip(picked, best, strict=True)
+                ),
+                "seeds": len(runs),
+                "spearman_search_after": float(
+                    spearmanr(pooled["metric_search"], pooled["metric_test"]).statistic
+                ),
+                "spearman_search_before": float(
+                    spearmanr(pooled["metric_search_before"], pooled["metric_test"]).statistic
+                ),
+            }
+        )
+    return found
 
 
 def summarize(values: list[float]) -> dict[str, Any]:
@@ -330,6 +365,15 @@ def markdown(report: dict[str, Any]) -> list[str]:
             "search metric after retraining (the choice) "
             f"{agreement['search']['concordant']}/{agreement['search']['pairs']}; chance is half.",
             "",
+            "| target | best finalist on test (mean) | choice = best finalist | Spearman "
+            "(finalists, seeds pooled): search after retraining | search before |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {c['target']} | {c['oracle_mean']:.4f} | {c['choice_hits']}/{c['seeds']} | "
+                f"{c['spearman_search_after']:+.2f} | {c['spearman_search_before']:+.2f} |"
+                for c in info["finalist_ceiling"]
+            ),
+            "",
             "Wall time: "
             + ", ".join(f"{phase} {minutes:.1f} min" for phase, minutes in phases.items())
             + f"; {info['candidates_screened']} candidates screened in all.",
@@ -422,6 +466,7 @@ def main() -> None:
             "minutes": {phase: seconds / 60 for phase, seconds in spent.items()},
             "candidates_screened": candidates,
             "finalist_agreement": finalist_agreement(runs),
+            "finalist_ceiling": finalist_ceiling(runs),
             "plot": f"{args.name}_{task}.png",
         }
         for mode in MODES:
