@@ -11,6 +11,7 @@ controller declares its options as a pydantic model, so a study file's
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -115,7 +116,32 @@ def _gp(
     return GPSampler(seed=seed, n_startup_trials=options.n_startup_trials or startup_trials(budget))
 
 
-def _nsga(sampler: type[NSGAIISampler] | type[NSGAIIISampler]) -> Builder:
+class _PicklesWithoutLock:
+    """Pickles a genetic sampler without the thread lock it holds (Optuna 5.1's
+    ``BaseGASampler._thread_lock``, which pickle refuses) and gives the copy a new lock, so
+    the sampler can be shipped and checkpointed (Ray Tune) as before."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if "_thread_lock" in state:
+            state["_thread_lock"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "_thread_lock" in state:
+            self._thread_lock = threading.Lock()
+
+
+class _NSGAII(_PicklesWithoutLock, NSGAIISampler):
+    """Optuna's NSGA-II, picklable."""
+
+
+class _NSGAIII(_PicklesWithoutLock, NSGAIIISampler):
+    """Optuna's NSGA-III, picklable."""
+
+
+def _nsga(sampler: type[_NSGAII] | type[_NSGAIII]) -> Builder:
     """The builder of NSGA-II or NSGA-III (experimental in Optuna; we accept that)."""
 
     def build(
@@ -170,8 +196,8 @@ class Controller:
 REGISTRY: dict[ControllerName, Controller] = {
     "tpe": Controller(TPEOptions, _tpe),
     "gp": Controller(StartupOptions, _gp),
-    "nsga2": Controller(NSGAOptions, _nsga(NSGAIISampler)),
-    "nsga3": Controller(NSGAOptions, _nsga(NSGAIIISampler)),
+    "nsga2": Controller(NSGAOptions, _nsga(_NSGAII)),
+    "nsga3": Controller(NSGAOptions, _nsga(_NSGAIII)),
     "rl": Controller(RLOptions, _rl),
     "random": Controller(ControllerOptions, _random),
     "evo": Controller(EvoOptions, _evo),
