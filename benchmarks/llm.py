@@ -25,15 +25,24 @@ Every search screens ``--candidates`` allocations per target by their top-32 KL 
 from the dense model on calibration windows of ``validation.txt``; its finalists (the best
 screened ones, the uniform allocation and the space's heuristic) are evaluated on the
 search windows, and the *searched* row is the finalist with the best search perplexity.
-Not measured yet: rows after a brief distillation.
+
+Then, for depth and structured, every finalist of those searches is retrained briefly
+(``--distil-steps`` steps of 4 windows, distilled from the dense model's cached top-32
+next-token distribution) in a run of its own beside the search's (``OUT/depth-distilled``,
+``OUT/structured-distilled``), noted with the same target and origins; the rows with
+``"retrained": true`` read those runs the same way (the *searched* row: the finalist with
+the best search perplexity after distillation).
 
 The baselines of unstructured and depth share one run (``OUT/sparse``, activation
 importance, sizes in non-zero weights); their searches (``OUT/unstructured``, ``OUT/depth``)
-read its prepared work; structured has its own run (``OUT/structured``, Fisher importance).
+and the distilled depth run read its prepared work; structured has its own run
+(``OUT/structured``, Fisher importance), shared with its distilled run. The report also
+holds the memory that the teacher's cached targets take and the process's peak resident
+memory after each phase (the dense model and one trial at a time).
 Runs resume where they stopped. Results: ``benchmarks/results/llm.{json,md}``; ``rows`` holds
 one object per figure (``level``: the fraction removed for unstructured and depth, the
 fraction kept for structured).
-Run: ``python benchmarks/llm.py`` (about an hour on 2 CPU cores, estimated).
+Run: ``python benchmarks/llm.py`` (about three hours on 2 CPU cores with the defaults).
 ``--smoke`` runs the same on a tiny random Llama it builds itself, in seconds.
 """
 
@@ -45,6 +54,7 @@ import random
 import resource
 import statistics
 import time
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +64,14 @@ from common import REPO, RUNS, add_smoke_flag, results_dir, run_dir_sharing, wri
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel
 
 import autoprune
+from autoprune.backends import executor
 from autoprune.engine.models import load_causal_lm
 from autoprune.engine.prune import PruneConfig
 from autoprune.reports.compare import Setting, in_setting
-from autoprune.reports.results import Run, load_run
+from autoprune.reports.results import Run, config_of, load_run
+from autoprune.run.ledger import ORIGINS, TARGET
 from autoprune.run.session import open_run
-from autoprune.workflow import run_baselines, run_search
+from autoprune.workflow import opened_run, run_baselines, run_search
 
 STUDY = REPO / "studies" / "smollm2_wikitext.yaml"
 SPACES = {  # the search space of each setting's targeted search, and its size unit
@@ -85,27 +97,34 @@ ISSUE_FIGURES = (
 log = logging.getLogger("autoprune")
 
 
-def sparse_overrides(test_windows: int) -> dict[str, Any]:
-    """The unstructured and depth run: Wanda scores on 32 windows, retrain-free."""
+def shared_overrides(test_windows: int, distil_windows: int) -> dict[str, Any]:
+    """What every run sets: the test windows, no retraining, and the pool windows that the
+    teacher's targets are cached for (read by the distilled runs only)."""
     return {
         "data.test_samples": test_windows,
+        "retrain.steps": 0,
+        "retrain.samples": distil_windows,
+    }
+
+
+def sparse_overrides() -> dict[str, Any]:
+    """The unstructured and depth run: Wanda scores on 32 windows."""
+    return {
         "importance.method": "activation",
         "importance.samples": 32,
         "objectives.size": "nonzero",
         "objectives.targets": [],
-        "retrain.steps": 0,
-        "retrain.samples": 1,  # no retraining: the teacher's targets are not read
     }
 
 
 def level_search_overrides(
-    setting: Setting, test_windows: int, candidates: int, levels: tuple[float, ...]
+    setting: Setting, candidates: int, levels: tuple[float, ...]
 ) -> dict[str, Any]:
     """The targeted search of ``setting`` (unstructured or depth) at ``levels`` (fractions
     removed), on the prepared work of the sparse run."""
     space, unit = SPACES[setting]
     return {
-        **sparse_overrides(test_windows),
+        **sparse_overrides(),
         "search_space": str(space),
         "objectives.size": unit,
         "objectives.targets": [size_of(level) for level in levels],
@@ -119,15 +138,9 @@ def size_of(removed: float) -> float:
     return round(1.0 - removed, 6)
 
 
-def structured_overrides(test_windows: int, candidates: int) -> dict[str, Any]:
-    """The structured run: the study's targeted search at :data:`STRUCTURED`, retrain-free."""
-    return {
-        "data.test_samples": test_windows,
-        "objectives.targets": list(STRUCTURED),
-        "screening.candidates": candidates,
-        "retrain.steps": 0,
-        "retrain.samples": 1,
-    }
+def structured_overrides(candidates: int) -> dict[str, Any]:
+    """The structured run: the study's targeted search at :data:`STRUCTURED`."""
+    return {"objectives.targets": list(STRUCTURED), "screening.candidates": candidates}
 
 
 def tiny_setup(root: Path) -> dict[str, Any]:
@@ -174,6 +187,11 @@ def tiny_setup(root: Path) -> dict[str, Any]:
     }
 
 
+def teacher_targets_mb(run: Path) -> float:
+    """The size of the teacher's cached targets of ``run`` (top-k per position), in MB."""
+    return (run / "prepared" / "teacher_targets.safetensors").stat().st_size / 2**20
+
+
 def tokens_per_second(model: PreTrainedModel, batch_size: int, new: int) -> float:
     """New tokens of the whole batch per second in one greedy generation of ``new`` tokens
     after :data:`PROMPT` random ones (the key/value cache on)."""
@@ -193,23 +211,19 @@ def tokens_per_second(model: PreTrainedModel, batch_size: int, new: int) -> floa
 
 
 def row(setting: Setting, level: float, method: str, trial: Any) -> dict[str, Any]:
-    """The figure of one trial (a row of a run's trials), retrain-free."""
+    """The figure of one trial (a row of a run's trials)."""
     return {
         "setting": setting,
         "level": level,
         "method": method,
-        "retrained": False,
+        "retrained": int(trial["retrain_steps"]) > 0,
         "perplexity": float(trial["metric_test"]),
         "perplexity_search": float(trial["metric_search"]),
         "size": float(trial["size"]),
         "macs_ratio": float(trial["ratio_macs"]),
         "trial": int(trial["trial"]),
         "origins": trial["origins"] if isinstance(trial["origins"], list) else None,
-        "config": {
-            key: trial[key]
-            for key in ("heads", "ffn", "sparsity", "kv_heads", "layers")
-            if isinstance(trial[key], list)
-        },
+        "config": config_of(trial).to_dict(),
     }
 
 
@@ -260,6 +274,46 @@ def generation_speeds(
     return dense
 
 
+def distil(source: Path, out: Path, overrides: dict[str, Any]) -> Run:
+    """Every finalist of the targeted search in the run ``source``, retrained with the
+    recipe of ``overrides`` as a search trial of the run ``out`` (which shares ``source``'s
+    prepared work) and noted with its target and origins, as the search would have recorded
+    it with that recipe. Finalists already retrained in ``out`` are not retrained again."""
+    finalists = load_run(source).complete("search")
+    out = run_dir_sharing(out, (source / "prepared").resolve())
+    with opened_run(STUDY, out, overrides) as session, executor(session) as chosen:
+        done = {
+            (float(trial["target"]), config_of(trial).to_json())
+            for _, trial in load_run(out).complete("search").iterrows()
+        }
+        jobs = [
+            (config_of(trial), {TARGET: float(trial["target"]), ORIGINS: list(trial["origins"])})
+            for _, trial in finalists.iterrows()
+            if (float(trial["target"]), config_of(trial).to_json()) not in done
+        ]
+        log.info("%s: %d finalist(s) to retrain, %d done", out.name, len(jobs), len(done))
+        chosen.retrain(jobs)
+    return load_run(out)
+
+
+def distilled(run: Run, setting: Setting, levels: tuple[float, ...]) -> list[dict[str, Any]]:
+    """The rows of a :func:`distil` run: per level, the finalist built from each heuristic
+    of ``setting`` (by its origins) and the search's choice after retraining."""
+    heuristics = {"depth": ("block-influence",), "structured": ("uniform", "global")}[setting]
+    finalists = run.complete("search")
+    rows = []
+    for level in levels:
+        target = size_of(level) if setting == "depth" else level
+        at = finalists[finalists["target"] == target]
+        for method in heuristics:
+            found = at[[method in origins for origins in at["origins"]]]
+            if found.empty:
+                raise RuntimeError(f"{run.path}: no {method} finalist at {target}")
+            rows.append(row(setting, level, method, found.iloc[0]))
+        rows.append(row(setting, level, "searched", run.best_at(target, "search")))
+    return rows
+
+
 def chosen(row: dict[str, Any]) -> str:
     """`` (owl)``: where a searched row's finalist came from, if not from screening."""
     origins = row["origins"] or []
@@ -269,15 +323,19 @@ def chosen(row: dict[str, Any]) -> str:
 
 
 def markdown(report: dict[str, Any]) -> list[str]:
-    """The summary: dense perplexity, then a table per setting."""
+    """The summary: dense perplexity, then a table per setting, retrain-free and distilled."""
+    distillation = report["distillation"]
     lines = [
         f"{report['model']} on {report['data']}: test perplexity on the first "
-        f"{report['test_windows']} windows of {report['window']} tokens, retrain-free; "
-        f"dense {report['dense_perplexity']:.2f}. {report['threads']} thread(s), "
-        f"{report['minutes']:.0f} minutes in all (measured: {report['measured']}); "
-        f"{report['candidates']} candidates screened "
-        "per target by each search; where the searched model is a heuristic's start, the "
-        "table names it. Not measured yet: rows after distillation.",
+        f"{report['test_windows']} windows of {report['window']} tokens; dense "
+        f"{report['dense_perplexity']:.2f}. {report['threads']} thread(s), "
+        f"{report['minutes']:.0f} minutes in all (measured up to: {report['measured']}); "
+        f"{report['candidates']} candidates screened per target by each search; where the "
+        "searched model is a heuristic's start, the table names it. Distilled: every "
+        f"finalist retrained {distillation['steps']} steps of {distillation['batch_size']} "
+        f"windows (lr {distillation['lr']:g}) on the dense model's top-"
+        f"{distillation['top_k'] or 32} targets, cached for {distillation['windows']} windows "
+        f"in {distillation['teacher_targets_mb']:.1f} MB.",
         "",
     ]
     titles = {
@@ -285,12 +343,17 @@ def markdown(report: dict[str, Any]) -> list[str]:
         "depth": "Depth (level: fraction of the blocks removed)",
         "structured": "Structured (level: fraction of the prunable parameters kept)",
     }
-    for setting, title in titles.items():
-        rows = [row for row in report["rows"] if row["setting"] == setting]
+    for (setting, title), retrained in product(titles.items(), (False, True)):
+        rows = [
+            row
+            for row in report["rows"]
+            if row["setting"] == setting and row["retrained"] == retrained
+        ]
         if not rows:
             continue
+        after = f", after {distillation['steps']} steps of distillation" if retrained else ""
         methods = list(dict.fromkeys(row["method"] for row in rows))
-        lines += [f"## {title}", "", "| level | " + " | ".join(methods) + " |"]
+        lines += [f"## {title}{after}", "", "| level | " + " | ".join(methods) + " |"]
         lines.append("|---|" + "---|" * len(methods))
         for level in dict.fromkeys(row["level"] for row in rows):
             cells = [
@@ -320,6 +383,8 @@ def markdown(report: dict[str, Any]) -> list[str]:
                 f"| {row['speedup_batch_1']:.2f}x |"
             )
         lines.append("")
+    peaks = ", ".join(f"{phase} {mb:.0f} MB" for phase, mb in report["peak_rss_mb"].items())
+    lines += [f"Peak resident memory of the process after each phase: {peaks}.", ""]
     return lines
 
 
@@ -331,6 +396,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per run")
     parser.add_argument("--repeats", type=int, default=5, help="generation runs per model")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--distil-steps", type=int, default=24, help="brief distillation")
+    parser.add_argument("--distil-windows", type=int, default=96, help="windows it reads")
     add_smoke_flag(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -343,13 +410,16 @@ def main() -> None:
     if args.smoke:
         base = tiny_setup(root)
         args.test_windows, args.candidates, args.new_tokens, args.repeats = 10, 4, 4, 1
+        args.distil_steps, args.distil_windows = 1, 4
     else:
         load_causal_lm(SOURCE, cache=root / "dense")  # the GGUF file converted once
         base = {"model.source": str(root / "dense")}
+    base.update(shared_overrides(args.test_windows, args.distil_windows))
+    distilling = {"retrain.steps": args.distil_steps}
     sparse_dir = run_baselines(
         STUDY,
         root / "sparse",
-        {**base, **sparse_overrides(args.test_windows)},
+        {**base, **sparse_overrides()},
         targets=[
             *((kind, level) for kind in ("uniform-sparsity", "owl") for level in UNSTRUCTURED),
             *(("block-influence", level) for level in DEPTH),
@@ -365,30 +435,51 @@ def main() -> None:
         "window": sparse.spec.max_length,
         "dense_perplexity": sparse.dense.metric_test,
         "candidates": args.candidates,
+        "distillation": {
+            "steps": args.distil_steps,
+            "batch_size": sparse.spec.retrain.batch_size,
+            "lr": sparse.spec.retrain.lr,
+            "windows": args.distil_windows,
+            "top_k": sparse.spec.retrain.top_k,
+            "teacher_targets_mb": teacher_targets_mb(sparse_dir),
+        },
+        "peak_rss_mb": {},
         "rows": [],
     }
 
-    def write(settings: str) -> None:
-        """The results so far (``settings`` measured), over what an earlier run wrote."""
-        report["measured"] = settings
-        report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    def write(phase: str) -> None:
+        """The results so far, ``phase`` the last measured, over what an earlier run wrote."""
+        report["measured"] = phase
+        report["peak_rss_mb"][phase] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         report["minutes"] = (time.perf_counter() - started) / 60
         write_results("llm", report, markdown(report), results_dir(args.smoke, root))
 
+    searches: dict[Setting, Path] = {}
     for setting, levels in (("unstructured", UNSTRUCTURED), ("depth", DEPTH)):
         out = run_dir_sharing(root / setting, sparse_dir / "prepared")
-        overrides = level_search_overrides(setting, args.test_windows, args.candidates, levels)
-        search = load_run(run_search(STUDY, out, {**base, **overrides}))
-        report["rows"] += figures(sparse, setting, levels) + searched(search, setting, levels)
-        write(" and ".join(dict.fromkeys(row["setting"] for row in report["rows"])))
-    overrides = {**base, **structured_overrides(args.test_windows, args.candidates)}
-    structured = load_run(run_search(STUDY, root / "structured", overrides))
+        overrides = level_search_overrides(setting, args.candidates, levels)
+        searches[setting] = run_search(STUDY, out, {**base, **overrides})
+        report["rows"] += figures(sparse, setting, levels)
+        report["rows"] += searched(load_run(searches[setting]), setting, levels)
+        write(setting)
+    overrides = {**base, **structured_overrides(args.candidates)}
+    searches["structured"] = run_search(STUDY, root / "structured", overrides)
+    structured = load_run(searches["structured"])
     structured_rows = figures(structured, "structured", STRUCTURED)
     dense_speed = generation_speeds(structured, structured_rows, args.new_tokens, args.repeats)
     report["rows"] += structured_rows
     report["dense_perplexity_structured_run"] = structured.dense.metric_test
     report["dense_tokens_per_s"] = dense_speed
-    write("every setting")
+    write("structured")
+    if args.distil_steps:
+        depth = level_search_overrides("depth", args.candidates, DEPTH)
+        for setting, levels, study in (
+            ("depth", DEPTH, {**base, **depth}),
+            ("structured", STRUCTURED, overrides),
+        ):
+            run = distil(searches[setting], root / f"{setting}-distilled", {**study, **distilling})
+            report["rows"] += distilled(run, setting, levels)
+            write(f"{setting} distilled")
     log.info("done in %.0f minutes", report["minutes"])
 
 

@@ -58,6 +58,14 @@ def test_smoke_run_writes_its_results(
         assert report["rows"]
         for row in report["rows"]:
             assert set(row) >= {"setting", "level", "method", "retrained", "perplexity"}
-            structured = row["setting"] == "structured"
-            assert row["perplexity"] > 1 and ("tokens_per_s" in row) == structured
+            timed = row["setting"] == "structured" and not row["retrained"]
+            assert row["perplexity"] > 1 and ("tokens_per_s" in row) == timed
+        distilled = {(r["setting"], r["method"]) for r in report["rows"] if r["retrained"]}
+        assert distilled == {
+            ("depth", "block-influence"),
+            ("depth", "searched"),
+            ("structured", "uniform"),
+            ("structured", "global"),
+            ("structured", "searched"),
+        }
     assert {p: p.stat().st_mtime for p in (BENCHMARKS / "results").glob("*")} == before

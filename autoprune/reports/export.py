@@ -19,10 +19,9 @@ from pathlib import Path
 import pandas as pd
 
 from autoprune.engine.measure import measure
-from autoprune.engine.prune import PruneConfig
 from autoprune.engine.serialize import load_pruned, save_pruned
 from autoprune.errors import AutopruneError
-from autoprune.reports.results import Run, load_run
+from autoprune.reports.results import Run, config_of, load_run
 from autoprune.run.ledger import Kind
 from autoprune.run.session import open_run
 from autoprune.run.trial import run_trial
@@ -150,14 +149,7 @@ def export(
     run = load_run(run_dir)
     row = choose_trial(run, trial, max_size, min_metric, kind)
     number = int(row["trial"])
-    config = PruneConfig.from_dict(
-        {
-            key: list(row[key])
-            for key in ("heads", "ffn", "sparsity", "kv_heads", "layers")
-            if isinstance(row[key], list)
-        },
-        source=f"{run.path}: trial {number}",
-    )
+    config = config_of(row, source=f"{run.path}: trial {number}")
     session = open_run(run.path)
     checkpoint = session.run.checkpoint(kind, number)
     if checkpoint.is_dir():

@@ -16,6 +16,7 @@ import pandas as pd
 from optuna.trial import TrialState
 
 from autoprune.engine.measure import SizeUnit
+from autoprune.engine.prune import PruneConfig
 from autoprune.run.ledger import KIND, KINDS, ORIGINS, TARGET, Kind, checkpoint_error, status_of
 from autoprune.run.prepare import DenseRecord
 from autoprune.run.rundir import BASELINE, SEARCH, RunDir, study_name
@@ -133,6 +134,20 @@ COLUMNS = [
     "failure",
     "checkpoint_error",
 ]
+
+
+CONFIG_COLUMNS = ("heads", "ffn", "sparsity", "kv_heads", "layers")
+"""The columns of :attr:`Run.trials` that hold a trial's PruneConfig (a list each, or None)."""
+
+
+def config_of(row: pd.Series | dict[str, Any], source: str = "trial") -> PruneConfig:
+    """The PruneConfig of a row of :attr:`Run.trials`; ``source`` names the row in errors.
+
+    Raises:
+        PruneConfigError: If the row's configuration is incomplete or inconsistent.
+    """
+    recorded = {key: list(row[key]) for key in CONFIG_COLUMNS if isinstance(row[key], list)}
+    return PruneConfig.from_dict(recorded, source)
 
 
 def _rows(study: optuna.Study, which: str, size_unit: SizeUnit) -> list[dict[str, Any]]:
