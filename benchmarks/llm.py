@@ -24,14 +24,16 @@ on the same windows), with no retraining:
 Every search screens ``--candidates`` allocations per target by their top-32 KL divergence
 from the dense model on calibration windows of ``validation.txt``; its finalists (the best
 screened ones, the uniform allocation and the space's heuristic) are evaluated on the
-search windows, and the *searched* row is the finalist with the best search perplexity.
+search windows, and the *searched* row is the search's choice among them
+(:func:`autoprune.reports.compare.choose`: the space's heuristic unless a finalist has a
+clearly lower search perplexity).
 
 Then, for depth and structured, every finalist of those searches is retrained briefly
 (``--distil-steps`` steps of 4 windows, distilled from the dense model's cached top-32
 next-token distribution) in a run of its own beside the search's (``OUT/depth-distilled``,
 ``OUT/structured-distilled``), noted with the same target and origins; the rows with
-``"retrained": true`` read those runs the same way (the *searched* row: the finalist with
-the best search perplexity after distillation).
+``"retrained": true`` read those runs the same way (the *searched* row: the search's
+choice after distillation).
 
 The baselines of unstructured and depth share one run (``OUT/sparse``, activation
 importance, sizes in non-zero weights); their searches (``OUT/unstructured``, ``OUT/depth``)
@@ -67,7 +69,7 @@ import autoprune
 from autoprune.backends import executor
 from autoprune.engine.models import load_causal_lm
 from autoprune.engine.prune import PruneConfig
-from autoprune.reports.compare import Setting, in_setting
+from autoprune.reports.compare import Setting, choose, finalist_of, in_setting
 from autoprune.reports.results import Run, config_of, load_run
 from autoprune.run.ledger import ORIGINS, TARGET
 from autoprune.run.session import open_run
@@ -243,7 +245,7 @@ def searched(run: Run, setting: Setting, levels: tuple[float, ...]) -> list[dict
     """The targeted search's choice in ``run`` at each of ``levels`` (fractions removed)."""
     rows = []
     for level in levels:
-        trial = run.best_at(size_of(level), "search")
+        trial = choose(run, size_of(level))
         if trial is None:
             raise RuntimeError(f"{run.path}: no finalist at {level} ({setting})")
         rows.append(row(setting, level, "searched", trial))
@@ -300,17 +302,15 @@ def distilled(run: Run, setting: Setting, levels: tuple[float, ...]) -> list[dic
     """The rows of a :func:`distil` run: per level, the finalist built from each heuristic
     of ``setting`` (by its origins) and the search's choice after retraining."""
     heuristics = {"depth": ("block-influence",), "structured": ("uniform", "global")}[setting]
-    finalists = run.complete("search")
     rows = []
     for level in levels:
         target = size_of(level) if setting == "depth" else level
-        at = finalists[finalists["target"] == target]
         for method in heuristics:
-            found = at[[method in origins for origins in at["origins"]]]
-            if found.empty:
+            found = finalist_of(run, target, method)
+            if found is None:
                 raise RuntimeError(f"{run.path}: no {method} finalist at {target}")
-            rows.append(row(setting, level, method, found.iloc[0]))
-        rows.append(row(setting, level, "searched", run.best_at(target, "search")))
+            rows.append(row(setting, level, method, found))
+        rows.append(row(setting, level, "searched", choose(run, target)))
     return rows
 
 

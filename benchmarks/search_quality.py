@@ -7,7 +7,8 @@ and each target size (0.5, 0.25 and 0.15 of the prunable parameters), over sever
 - **searched**: the targeted search of the task's study file (``evo``, screening many
   candidates of exactly the target size retrain-free, the best few retrained with
   distillation beside the uniform and global allocations); the model a user gets is the
-  finalist with the best *search*-split metric.
+  search's choice among the finalists, made on the *search* split
+  (:func:`autoprune.reports.compare.choose`).
 - **uniform**: every layer keeps the same fraction of its heads and neurons.
 - **layer-uniform**: the same heads in every layer, the rest shared evenly among the
   feed-forward blocks; the head count that screens best.
@@ -16,8 +17,8 @@ and each target size (0.5, 0.25 and 0.15 of the prunable parameters), over sever
 Every baseline is retrained exactly like the finalists (same recipe, same seed); uniform and
 global *are* finalists of the search (the same trial stands for both), layer-uniform is
 trained into the same run. Two modes are read from the same runs: ``retrain`` (after the
-study's distillation retraining; the search's choice is the finalist with the best search
-metric after retraining) and ``retrain-free`` (the same finalists and baselines as pruned,
+study's distillation retraining; the search's choice is
+:func:`autoprune.reports.compare.choose`'s, on the search split after retraining) and ``retrain-free`` (the same finalists and baselines as pruned,
 before any retraining; the choice is the finalist with the best search metric before
 retraining, which is what a search without retraining would pick from the same screening).
 
@@ -67,9 +68,10 @@ from autoprune.reports.compare import (  # noqa: E402
     BASELINE_KINDS,
     METHODS,
     at_target,
-    held_out,
+    choose,
     outputs_of,
     paired_bootstrap,
+    split_of,
 )
 from autoprune.reports.results import Run, load_run  # noqa: E402
 from autoprune.run.rundir import RunDir, study_name  # noqa: E402
@@ -204,7 +206,7 @@ def finalist_ceiling(runs: list[Run]) -> list[dict[str, Any]]:
         groups = [(run, table[table["target"] == target]) for run, table in finalists]
         tests = [group["metric_test"] for _, group in groups]
         best = [float(t.max() if runs[0].higher_is_better else t.min()) for t in tests]
-        picked = [run.best_at(target, "search") for run, _ in groups]
+        picked = [choose(run, target) for run, _ in groups]
         pooled = pd.concat([group for _, group in groups])
         found.append(
             {
@@ -237,7 +239,7 @@ def summarize(values: list[float]) -> dict[str, Any]:
 def compare(runs: list[Run], task: str, mode: str) -> tuple[list[dict[str, Any]], list[dict]]:
     """The ``comparisons`` entries of one task and mode (one per target), and the rows of
     every chosen trial."""
-    model_task, test = held_out(runs[0])
+    model_task, test = split_of(runs[0])
     unretrained = [Unretrained(run) for run in runs] if mode == "retrain-free" else []
     comparisons, rows = [], []
     for target in runs[0].spec.objectives.targets:
@@ -329,7 +331,8 @@ def markdown(report: dict[str, Any]) -> list[str]:
         f"{report['candidates']} candidates screened per target and seed. Test split (GLUE "
         "dev), never seen by any choice. Mean ± sd over seeds; diff = searched − best "
         f"baseline, with a paired bootstrap 95% interval over test examples ({RESAMPLES} "
-        "resamples). Searched = the finalist with the best search-split metric (uniform "
+        "resamples). Searched = the search's choice among its finalists on the search split "
+        "(the study's screening.choice; uniform "
         "and global are finalists too).",
         "",
     ]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoprune.reports.compare import held_out, outputs_of, paired_bootstrap
+from autoprune.reports.compare import outputs_of, paired_bootstrap, split_of
 from autoprune.reports.results import load_run
 from autoprune.tasks import Classification
 from autoprune.tasks.data import Encoded
@@ -26,13 +26,16 @@ def labelled(labels: list[int]) -> Encoded:
 
 def test_recorded_outputs_give_back_the_recorded_test_metric(tiny_run: Path) -> None:
     run = load_run(tiny_run)
-    task, test = held_out(run)
+    task, test = split_of(run)
     complete = run.complete("search")
     assert not complete.empty
+    search = split_of(run, "search")[1]
     for _, row in complete.iterrows():
         outputs = outputs_of(run, row)
         assert outputs.shape == (len(test),)
         assert task.metric_of(outputs, test) == pytest.approx(row["metric_test"])
+        on_search = outputs_of(run, row, "search")
+        assert task.metric_of(on_search, search) == pytest.approx(row["metric_search"])
         same = paired_bootstrap(task, test, [outputs], [outputs], resamples=50)
         assert (same.diff, same.low, same.high) == (0.0, 0.0, 0.0)
 
@@ -57,7 +60,7 @@ def test_the_interval_brackets_the_difference_and_shows_a_real_gap(metric: str) 
 def test_outputs_that_do_not_fit_are_refused() -> None:
     task = Classification(metric="accuracy", num_labels=2)
     data = labelled([0, 1, 1])
-    with pytest.raises(ValueError, match="outputs have 2, 3 rows, the test split has 3"):
+    with pytest.raises(ValueError, match="outputs have 2, 3 rows for 3 examples"):
         paired_bootstrap(task, data, [torch.tensor([0, 1])], [torch.tensor([0, 1, 1])])
     with pytest.raises(ValueError, match="each side needs the outputs of at least one model"):
         paired_bootstrap(task, data, [], [torch.tensor([0, 1, 1])])

@@ -15,7 +15,8 @@ import pytest
 from conftest import screening_trials, tiny_study
 
 from autoprune import cli
-from autoprune.reports.results import load_run
+from autoprune.reports.compare import choose, finalist_of, split_of
+from autoprune.reports.results import Run, load_run
 from autoprune.run.rundir import RunDir
 from autoprune.run.session import open_run
 from autoprune.search.budget import BudgetSpace
@@ -122,8 +123,7 @@ def test_compare_shows_the_search_beside_every_baseline_at_each_target(
     assert {row["method"] for row in rows} == {"searched", "uniform", "layer-uniform", "global"}
     assert {row["target"] for row in rows} == {TARGET}
     searched = next(row for row in rows if row["method"] == "searched")
-    best_search = max(row["accuracy search"] for row in rows if row["method"] != "layer-uniform")
-    assert searched["accuracy search"] == best_search  # chosen on the search split
+    assert searched["trial"] == int(choose(load_run(run), TARGET)["trial"])
     for row in rows:
         if row["method"] != "searched":
             low, high = (float(x) for x in row["95% interval"].strip("[]").split(","))
@@ -133,3 +133,45 @@ def test_compare_shows_the_search_beside_every_baseline_at_each_target(
             assert low - 1e-4 <= row["test diff"] <= high + 1e-4
     assert cli.main(["compare", str(run)]) == 0
     assert "at each target, test split" in capsys.readouterr().out
+
+
+def with_search_outputs(run: Run, row, outputs) -> None:
+    """Give the search trial ``row`` of ``run`` these search outputs and their metric."""
+    task, search = split_of(run, "search")
+    run.search_outputs[("search", int(row["trial"]))] = outputs.tolist()
+    at = (run.trials["study"] == "search") & (run.trials["trial"] == int(row["trial"]))
+    run.trials.loc[at, "metric_search"] = task.metric_of(outputs, search)
+
+
+def test_the_choice_keeps_the_heuristic_unless_the_search_split_tells_them_apart(
+    targeted_run: Path,
+) -> None:
+    run = load_run(targeted_run)
+    assert run.spec.screening.choice == "significant"  # the default
+    heuristic, uniform = finalist_of(run, TARGET, "global"), finalist_of(run, TARGET, "uniform")
+    assert heuristic is not None and uniform is not None
+    assert int(heuristic["trial"]) != int(uniform["trial"])
+    for _, row in run.complete("search").iterrows():  # every other finalist far behind
+        with_search_outputs(run, row, 1 - split_of(run, "search")[1].labels)
+    labels = split_of(run, "search")[1].labels  # (examples,)
+    half = labels.clone()
+    half[: len(labels) // 2] = 1 - half[: len(labels) // 2]
+
+    one_more = half.clone()
+    one_more[0] = labels[0]  # uniform is ahead by a single example: within the noise
+    with_search_outputs(run, heuristic, half)
+    with_search_outputs(run, uniform, one_more)
+    assert int(run.best_at(TARGET)["trial"]) == int(uniform["trial"])
+    assert int(choose(run, TARGET)["trial"]) == int(heuristic["trial"])
+
+    with_search_outputs(run, uniform, labels)  # right on every example: clearly ahead
+    assert int(choose(run, TARGET)["trial"]) == int(uniform["trial"])
+
+    with_search_outputs(run, uniform, one_more)
+    run.search_outputs.clear()  # a run recorded without search outputs: the best metric
+    assert int(choose(run, TARGET)["trial"]) == int(uniform["trial"])
+    screening = run.spec.screening.model_copy(update={"choice": "best"})
+    run.spec = run.spec.model_copy(update={"screening": screening})
+    with_search_outputs(run, heuristic, half)
+    with_search_outputs(run, uniform, one_more)
+    assert int(choose(run, TARGET)["trial"]) == int(uniform["trial"])

@@ -1,11 +1,17 @@
-"""Paired comparisons of pruned models on the test split.
+"""Paired comparisons of pruned models, and the choice of a targeted search's model.
 
 Trials of one run (or of runs sharing their prepared work) were evaluated on the same test
-examples; each recorded its per-example outputs. The difference of their metrics is
-read with a paired bootstrap over those examples (Efron and Tibshirani 1993; Koehn 2004 for
+and search examples; each recorded its per-example outputs. The difference of their metrics
+is read with a paired bootstrap over those examples (Efron and Tibshirani 1993; Koehn 2004 for
 its use on test sets): both models are scored on the same resamples, so the interval carries
-the noise of the test set's sampling, not of the models' training. An interval that holds 0
-says the test set cannot tell the two apart.
+the noise of the examples' sampling, not of the models' training. An interval that holds 0
+says the examples cannot tell the two apart.
+
+The same reading on the search split makes a targeted search's choice (:func:`choose`): the
+finalist with the best search metric replaces the space's heuristic only where the search
+split tells them apart, so a lead within the noise of a few hundred examples (the winner's
+curse of picking the best of several noisy scores) does not hand a user a worse model than
+the heuristic.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Literal
 import pandas as pd
 import torch
 
-from autoprune.reports.results import Run
+from autoprune.reports.results import Run, Split
 from autoprune.run.ledger import Kind
 from autoprune.tasks import Task, make_task
 from autoprune.tasks.data import Encoded, TaskData
@@ -72,8 +78,7 @@ def paired_bootstrap(
     rows_of = sorted({len(outputs) for outputs in (*a, *b)})
     if rows_of != [len(data)]:
         raise ValueError(
-            f"outputs have {', '.join(map(str, rows_of))} rows, the test split has "
-            f"{len(data)} examples"
+            f"outputs have {', '.join(map(str, rows_of))} rows for {len(data)} examples"
         )
     if resamples < 1:
         raise ValueError(f"resamples must be at least 1, got {resamples}")
@@ -97,22 +102,71 @@ def paired_bootstrap(
     return Difference(diff=mean_difference(slice(None)), low=low, high=high, level=level)
 
 
-def held_out(run: Run) -> tuple[Task, Encoded]:
-    """The run's task and its test split, read from its prepared work."""
+def split_of(run: Run, split: Split = "test") -> tuple[Task, Encoded]:
+    """The run's task and its ``split``, read from its prepared work."""
     data = TaskData.load(run.path / "prepared" / "data")
-    return make_task(run.spec.task, data, run.spec.task_settings()), data.test
+    return make_task(run.spec.task, data, run.spec.task_settings()), getattr(data, split)
 
 
-def outputs_of(run: Run, row: pd.Series) -> torch.Tensor:
-    """The per-example test outputs of the trial ``row`` of ``run.trials``.
+def outputs_of(run: Run, row: pd.Series, split: Split = "test") -> torch.Tensor:
+    """The per-example outputs on ``split`` of the trial ``row`` of ``run.trials``.
 
     Raises:
-        KeyError: If the trial recorded none (not complete, or stopped early).
+        KeyError: If the trial recorded none (not complete, stopped early, or recorded by a
+            version that kept no search outputs).
     """
     key = (str(row["study"]), int(row["trial"]))
-    if key not in run.test_outputs:
-        raise KeyError(f"{run.path}: {key[0]} trial {key[1]} has no test outputs")
-    return torch.tensor(run.test_outputs[key])
+    recorded = run.test_outputs if split == "test" else run.search_outputs
+    if key not in recorded:
+        raise KeyError(f"{run.path}: {key[0]} trial {key[1]} has no {split} outputs")
+    return torch.tensor(recorded[key])
+
+
+HEURISTICS = ("global", "owl", "block-influence")
+"""The origins of a budget space's heuristic finalist (one per space; without it, uniform)."""
+CHOICE_LEVEL = 0.9
+"""The two-sided level of the interval that :func:`choose` asks to be clear of zero (so a
+one-sided 95% test)."""
+CHOICE_RESAMPLES = 1000
+
+
+def finalist_of(run: Run, target: float, origin: str) -> pd.Series | None:
+    """The targeted search's finalist at ``target`` built from ``origin`` (``uniform``,
+    ``global``, ``screened``, ...: the first such), or None."""
+    finalists = run.complete("search")
+    finalists = finalists[finalists["target"] == target]
+    found = finalists[[origin in (origins or []) for origins in finalists["origins"]]]
+    return None if found.empty else found.iloc[0]
+
+
+def choose(run: Run, target: float) -> pd.Series | None:
+    """The model a targeted search hands back at ``target`` (None without finalists there).
+
+    With ``screening.choice: best``, the finalist with the best search metric. With
+    ``significant`` (the default), that finalist only where it beats the finalist built from
+    the space's heuristic (:data:`HEURISTICS`, else the uniform allocation) on the search
+    split, the paired bootstrap interval at :data:`CHOICE_LEVEL` clear of zero; otherwise
+    the heuristic's. Finalists without recorded search outputs (recorded by an earlier
+    version) are chosen by their search metric alone.
+    """
+    best = run.best_at(target, "search")
+    if best is None or run.spec.screening.choice == "best":
+        return best
+    found = (finalist_of(run, target, origin) for origin in (*HEURISTICS, "uniform"))
+    incumbent = next((row for row in found if row is not None), None)
+    if incumbent is None or int(incumbent["trial"]) == int(best["trial"]):
+        return best
+    try:
+        challenger = outputs_of(run, best, "search")
+        holder = outputs_of(run, incumbent, "search")
+    except KeyError:
+        return best
+    task, search = split_of(run, "search")
+    gap = paired_bootstrap(
+        task, search, [challenger], [holder], resamples=CHOICE_RESAMPLES, level=CHOICE_LEVEL
+    )
+    clear = gap.low > 0 if run.higher_is_better else gap.high < 0
+    return best if clear else incumbent
 
 
 BASELINE_KINDS: tuple[Kind, ...] = ("uniform", "layer-uniform", "global")
@@ -128,17 +182,14 @@ SETTINGS: dict[Setting, tuple[Kind, ...]] = {
 
 def at_target(run: Run, target: float) -> dict[str, pd.Series]:
     """What each method gives at ``target``, where the run has it: ``searched``, the targeted
-    search's choice (its finalist with the best search metric); ``uniform`` and ``global``,
-    the baseline of that kind trained for ``target``, else the search's finalist built from
-    that allocation; ``layer-uniform``, the baseline trained for ``target``."""
-    found = {"searched": run.best_at(target, "search")}
-    finalists = run.complete("search")
-    finalists = finalists[finalists["target"] == target]
+    search's choice (:func:`choose`); ``uniform`` and ``global``, the baseline of that kind
+    trained for ``target``, else the search's finalist built from that allocation;
+    ``layer-uniform``, the baseline trained for ``target``."""
+    found = {"searched": choose(run, target)}
     for method in BASELINE_KINDS:
         row = run.best_at(target, method)
         if row is None and method != "layer-uniform":
-            origin = finalists[[method in (o or []) for o in finalists["origins"]]]
-            row = None if origin.empty else origin.iloc[0]
+            row = finalist_of(run, target, method)
         found[method] = row
     return {method: row for method, row in found.items() if row is not None}
 
@@ -156,7 +207,7 @@ def target_table(run: Run, resamples: int = 1000) -> pd.DataFrame:
     """One row per setting, target and method that the run has: size, search and test
     metrics, and the test difference to the setting's first method present (``searched``,
     then the baselines in :data:`SETTINGS` order) with its paired bootstrap 95% interval."""
-    task, test = held_out(run)
+    task, test = split_of(run)
     rows = []
     targets = sorted({float(t) for t in run.trials["target"].dropna()}, reverse=True)
     for setting in SETTINGS:

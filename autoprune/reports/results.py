@@ -44,6 +44,8 @@ class Run:
         reference: The hypervolume's reference metric (chance level, or a stated cap).
         test_outputs: Each complete trial's per-example outputs on the test split, by
             ``(study, trial)`` (what paired comparisons read: :mod:`autoprune.reports.compare`).
+        search_outputs: The same on the search split, where the trial recorded them (what a
+            targeted search's choice compares).
     """
 
     path: Path
@@ -54,6 +56,7 @@ class Run:
     direction: Direction
     reference: float
     test_outputs: dict[tuple[str, int], list[Any]] = field(default_factory=dict)
+    search_outputs: dict[tuple[str, int], list[Any]] = field(default_factory=dict)
 
     @property
     def higher_is_better(self) -> bool:
@@ -99,7 +102,7 @@ class Run:
     def best_at(self, target: float, kind: Kind = "search") -> pd.Series | None:
         """The complete trial of ``kind`` built for ``target`` (a targeted search's finalist,
         or a baseline at that target) with the best search metric; None if there is none.
-        This is the choice a user of a targeted search gets: made on the search split."""
+        A targeted search's choice starts from it (:func:`autoprune.reports.compare.choose`)."""
         rows = self.complete(kind)
         rows = rows[rows["target"] == target]
         if rows.empty:
@@ -202,12 +205,16 @@ def load_run(path: str | Path) -> Run:
         baseline, BASELINE, spec.objectives.size
     )
     trials = pd.DataFrame(rows, columns=COLUMNS)
-    outputs = {
-        (which, trial.number): trial.user_attrs["test_outputs"]
-        for which, study in ((SEARCH, search), (BASELINE, baseline))
-        for trial in study.get_trials(deepcopy=False)
-        if trial.user_attrs.get("test_outputs") is not None
-    }
+
+    def outputs(split: Split) -> dict[tuple[str, int], list[Any]]:
+        key = f"{split}_outputs"
+        return {
+            (which, trial.number): trial.user_attrs[key]
+            for which, study in ((SEARCH, search), (BASELINE, baseline))
+            for trial in study.get_trials(deepcopy=False)
+            if trial.user_attrs.get(key) is not None
+        }
+
     return Run(
         path=run.path,
         spec=spec,
@@ -216,7 +223,8 @@ def load_run(path: str | Path) -> Run:
         metric=str(search.user_attrs["metric"]),
         direction=search.user_attrs["direction"],
         reference=float(search.user_attrs["reference"]),
-        test_outputs=outputs,
+        test_outputs=outputs("test"),
+        search_outputs=outputs("search"),
     )
 
 

@@ -91,6 +91,9 @@ class TrialOutcome:
             (:meth:`~autoprune.tasks.Task.example_outputs`: a number or a row per example),
             from which paired comparisons between trials are computed; None where
             ``metric_test`` is.
+        search_outputs: The same on the search split, from which ``metric_search`` is
+            computed (what a targeted search's choice compares, paired); None where
+            ``metric_test`` is.
     """
 
     config: PruneConfig
@@ -106,6 +109,7 @@ class TrialOutcome:
     rungs: dict[str, float] = field(default_factory=dict)
     stopped_at: int | None = None
     test_outputs: list[Any] | None = None
+    search_outputs: list[Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; :meth:`from_dict` reads it back."""
@@ -175,7 +179,8 @@ def run_trial(
     device = torch.device(settings.device)
     nn.Module.to(model, device)
     task, data = prepared.task, prepared.data
-    before = task.evaluate(model, data.search)
+    before_outputs = task.example_outputs(model, data.search)
+    before = task.metric_of(before_outputs, data.search)
     evaluated_at = time.perf_counter()
     retrain = settings.retrain
     recipe = Recipe(
@@ -233,7 +238,9 @@ def run_trial(
     if outcome.stopped_at is not None:
         outcome.metric_search = outcome.rungs[str(outcome.stopped_at)]
     else:
-        outcome.metric_search = task.evaluate(model, data.search) if steps else before
+        search_outputs = task.example_outputs(model, data.search) if steps else before_outputs
+        outcome.metric_search = task.metric_of(search_outputs, data.search)
+        outcome.search_outputs = search_outputs.tolist()
         test_outputs = task.example_outputs(model, data.test)
         outcome.metric_test = task.metric_of(test_outputs, data.test)
         outcome.test_outputs = test_outputs.tolist()

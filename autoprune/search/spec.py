@@ -30,6 +30,10 @@ CLASSIFIER_DATA = ("label", "labels", "metric", "seed", "search_min_words")
 Fitness = Literal["kl", "hidden", "loss", "metric"]
 """What a screened candidate is scored by; lower is better for every kind
 (:mod:`autoprune.run.screen` says how each is measured)."""
+Choice = Literal["best", "significant"]
+"""How a targeted search picks its model among a target's retrained finalists
+(:func:`autoprune.reports.compare.choose`): the best search metric, or the space's
+heuristic unless another finalist beats it significantly on the search split."""
 
 
 class StudyError(AutopruneError, ValueError):
@@ -122,6 +126,12 @@ class ScreeningSpec(Section):
         default=0, ge=0, description="pool examples a least-squares refit uses (0: none)"
     )
     finalists: int = Field(default=2, ge=1, description="distinct candidates retrained per target")
+    choice: Choice = Field(
+        default="significant",
+        description="the model at a target: the finalist with the best search metric (best), "
+        "or the space's heuristic (global, owl, block-influence) unless a finalist beats it "
+        "on the search split with a paired bootstrap interval clear of zero (significant)",
+    )
 
 
 class BudgetSpec(Section):

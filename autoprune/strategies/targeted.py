@@ -22,8 +22,9 @@ For each of ``objectives.targets``:
    worse on the search split than those baselines), are retrained with the study's recipe
    and recorded in the search study with stage ``retrain``, the target and their origins
    (``screened``, ``uniform``, ``global``, ``owl``, ``block-influence``). The front is read
-   from these records only; the model a user gets at a target is the finalist with the best
-   search metric.
+   from these records only; the model a user gets at a target is chosen among these
+   finalists on the search split (:func:`autoprune.reports.compare.choose`: by default the
+   heuristic's, unless another finalist beats it by more than the split's noise).
 
 Resuming continues each target where it stopped: screened candidates are not screened
 again, and finalists already retrained are not retrained.
