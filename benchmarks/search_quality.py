@@ -18,9 +18,10 @@ Every baseline is retrained exactly like the finalists (same recipe, same seed);
 global *are* finalists of the search (the same trial stands for both), layer-uniform is
 trained into the same run. Two modes are read from the same runs: ``retrain`` (after the
 study's distillation retraining; the search's choice is
-:func:`autoprune.reports.compare.choose`'s, on the search split after retraining) and ``retrain-free`` (the same finalists and baselines as pruned,
-before any retraining; the choice is the finalist with the best search metric before
-retraining, which is what a search without retraining would pick from the same screening).
+:func:`autoprune.reports.compare.choose`'s, on the search split after retraining) and
+``retrain-free`` (the same finalists and baselines as pruned, before any retraining; the
+choice is the finalist with the best search metric before retraining, a search without
+retraining picking from the same screening by the ``best`` rule).
 
 Everything reported is read on the test split (GLUE dev), which no choice saw. For each task,
 target and mode: the test metric's mean and standard deviation over seeds per method, and the
@@ -29,7 +30,9 @@ paired bootstrap 95% interval over test examples (:mod:`autoprune.reports.compar
 wall time of each phase (preparation, screening, retraining) and the candidates screened.
 
 Runs are resumable (re-run the command); prepared work is shared by the runs of a task.
-Results: ``benchmarks/results/search_quality.{json,md}`` and a plot per task.
+Results: ``benchmarks/results/search_quality.{json,md}`` and a plot per task; a run of some
+of the tasks (``--tasks``) keeps the other tasks' entries there, each task naming the command
+and the choice rule that measured it.
 Run: ``python benchmarks/search_quality.py`` (about 2 hours on 2 CPU cores).
 """
 
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import logging
 import statistics
 import sys
@@ -341,6 +345,8 @@ def markdown(report: dict[str, Any]) -> list[str]:
             f"### {task} ({info['metric']}; dense {info['dense_test']:.4f} test, "
             f"{info['dense_search']:.4f} search)",
             "",
+            f"Measured by `{info['command']}`; the search's choice: `{info['choice']}`.",
+            "",
             "| mode | target | searched | uniform | layer-uniform | global | diff vs best "
             "(95% CI) |",
             "|---|---|---|---|---|---|---|",
@@ -431,8 +437,10 @@ def main() -> None:
         overrides.update(SMOKE_OVERRIDES)
         overrides.update({"screening.offspring": 4, "screening.schedule": [[8, 2], [16, 1]]})
         overrides["screening.candidates"] = min(args.candidates, 8)
+    command = " ".join(["python benchmarks/search_quality.py", *sys.argv[1:]])
+    tasks = args.tasks.split(",")
     report: dict[str, Any] = {
-        "command": " ".join(["python benchmarks/search_quality.py", *sys.argv[1:]]),
+        "command": command,
         "threads": torch.get_num_threads(),
         "seeds": args.seeds,
         "candidates": overrides["screening.candidates"],
@@ -441,7 +449,16 @@ def main() -> None:
         "comparisons": [],
         "trials": [],
     }
-    for task in args.tasks.split(","):
+    earlier = results / f"{args.name}.json"
+    if earlier.is_file() and args.only_seed is None:  # the other tasks' results are kept
+        kept = json.loads(earlier.read_text())
+        report["tasks"] = {t: v for t, v in kept["tasks"].items() if t not in tasks}
+        for info in report["tasks"].values():  # measured before tasks named their own
+            info.setdefault("command", kept["command"])
+            info.setdefault("choice", "best")
+        for key in ("comparisons", "trials"):
+            report[key] = [entry for entry in kept[key] if entry["task"] not in tasks]
+    for task in tasks:
         prepared_at = time.perf_counter()
         prepare_only = run_dir_sharing(root / task / "prepare", root / task / "prepared")
         with opened_run(STUDIES[task], prepare_only, overrides):
@@ -471,6 +488,8 @@ def main() -> None:
             "finalist_agreement": finalist_agreement(runs),
             "finalist_ceiling": finalist_ceiling(runs),
             "plot": f"{args.name}_{task}.png",
+            "command": command,
+            "choice": runs[0].spec.screening.choice,
         }
         for mode in MODES:
             comparisons, rows = compare(runs, task, mode)
