@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint
+.PHONY: setup demo demo-llm test lint
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ demo: setup
 	$(VENV)/bin/autoprune baseline runs/quickstart --kind layer-uniform
 	$(VENV)/bin/autoprune compare runs/quickstart
 	$(VENV)/bin/autoprune plot runs/quickstart
+
+# The decoder quick start: prune the real SmolLM2-135M on WikiText-2 at two sizes (~15 min).
+demo-llm: setup
+	$(VENV)/bin/autoprune search studies/smollm2_wikitext.yaml --out runs/smollm2
+	$(VENV)/bin/autoprune compare runs/smollm2
+	$(VENV)/bin/autoprune plot runs/smollm2
 
 test: setup
 	$(PY) -m pytest -q

@@ -21,7 +21,8 @@ on the same windows), with no retraining:
   speed (new tokens per second, batch 1 and 8, median of ``--repeats`` runs in one process)
   of each, dense too.
 
-Every search screens ``--candidates`` allocations per target by their top-32 KL divergence
+Every search screens allocations per target (:data:`CANDIDATES`, or ``--candidates`` for
+every setting) by their top-32 KL divergence
 from the dense model on calibration windows of ``validation.txt``; its finalists (the best
 screened ones, the uniform allocation and the space's heuristic) are evaluated on the
 search windows, and the *searched* row is the search's choice among them
@@ -90,6 +91,11 @@ METHODS: dict[Setting, dict[str, str]] = {  # the run's method -> the reported m
     "structured": {"uniform": "uniform", "global": "global", "searched": "searched"},
 }
 PROMPT = 16  # tokens before generation starts
+CANDIDATES: dict[Setting, int] = {  # screened per target by each setting's search
+    "unstructured": 32,
+    "depth": 96,  # one block moved per swap: the slowest walk away from the heuristic
+    "structured": 16,
+}
 ISSUE_FIGURES = (
     "Measured before the work began (one pass of Wanda scores over 32 random windows, "
     "dense 36.9 on the same 48 test windows): uniform 67.5 / 142.1 / 613.8 and OWL "
@@ -330,7 +336,9 @@ def markdown(report: dict[str, Any]) -> list[str]:
         f"{report['test_windows']} windows of {report['window']} tokens; dense "
         f"{report['dense_perplexity']:.2f}. {report['threads']} thread(s), "
         f"{report['minutes']:.0f} minutes in all (measured up to: {report['measured']}); "
-        f"{report['candidates']} candidates screened per target by each search; where the "
+        "candidates screened per target: "
+        + ", ".join(f"{n} ({setting})" for setting, n in report["candidates"].items())
+        + "; where the "
         "searched model is a heuristic's start, the table names it. Distilled: every "
         f"finalist retrained {distillation['steps']} steps of {distillation['batch_size']} "
         f"windows (lr {distillation['lr']:g}) on the dense model's top-"
@@ -392,7 +400,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(RUNS / "llm"))
     parser.add_argument("--test-windows", type=int, default=48, help="test windows of 256")
-    parser.add_argument("--candidates", type=int, default=32, help="screened per target")
+    parser.add_argument("--candidates", type=int, help="screened per target, every setting")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per run")
     parser.add_argument("--repeats", type=int, default=5, help="generation runs per model")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -415,6 +423,7 @@ def main() -> None:
         load_causal_lm(SOURCE, cache=root / "dense")  # the GGUF file converted once
         base = {"model.source": str(root / "dense")}
     base.update(shared_overrides(args.test_windows, args.distil_windows))
+    candidates = {setting: args.candidates or n for setting, n in CANDIDATES.items()}
     distilling = {"retrain.steps": args.distil_steps}
     sparse_dir = run_baselines(
         STUDY,
@@ -434,7 +443,7 @@ def main() -> None:
         "test_windows": args.test_windows,
         "window": sparse.spec.max_length,
         "dense_perplexity": sparse.dense.metric_test,
-        "candidates": args.candidates,
+        "candidates": candidates,
         "distillation": {
             "steps": args.distil_steps,
             "batch_size": sparse.spec.retrain.batch_size,
@@ -457,12 +466,12 @@ def main() -> None:
     searches: dict[Setting, Path] = {}
     for setting, levels in (("unstructured", UNSTRUCTURED), ("depth", DEPTH)):
         out = run_dir_sharing(root / setting, sparse_dir / "prepared")
-        overrides = level_search_overrides(setting, args.candidates, levels)
+        overrides = level_search_overrides(setting, candidates[setting], levels)
         searches[setting] = run_search(STUDY, out, {**base, **overrides})
         report["rows"] += figures(sparse, setting, levels)
         report["rows"] += searched(load_run(searches[setting]), setting, levels)
         write(setting)
-    overrides = {**base, **structured_overrides(args.candidates)}
+    overrides = {**base, **structured_overrides(candidates["structured"])}
     searches["structured"] = run_search(STUDY, root / "structured", overrides)
     structured = load_run(searches["structured"])
     structured_rows = figures(structured, "structured", STRUCTURED)
@@ -472,7 +481,7 @@ def main() -> None:
     report["dense_tokens_per_s"] = dense_speed
     write("structured")
     if args.distil_steps:
-        depth = level_search_overrides("depth", args.candidates, DEPTH)
+        depth = level_search_overrides("depth", candidates["depth"], DEPTH)
         for setting, levels, study in (
             ("depth", DEPTH, {**base, **depth}),
             ("structured", STRUCTURED, overrides),
