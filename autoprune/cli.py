@@ -140,7 +140,14 @@ def _export(args: argparse.Namespace) -> None:
     from autoprune.reports.export import export
 
     result = export(
-        args.run, args.out, args.trial, args.max_size, args.min_metric, args.kind, args.force
+        args.run,
+        args.out,
+        args.trial,
+        args.max_size,
+        args.min_metric,
+        args.kind,
+        args.force,
+        args.target,
     )
     source = "its kept checkpoint" if result.from_checkpoint else "a re-run of its configuration"
     print(f"exported trial {result.trial} from {source} to {result.directory}")
@@ -234,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     choice.add_argument("--trial", type=int, help="trial number")
     choice.add_argument("--max-size", type=float, help="best front point at most this size")
     choice.add_argument("--min-metric", type=float, help="smallest front point reaching this")
+    choice.add_argument("--target", type=float, help="a targeted search's choice at this size")
     export.add_argument("--out", required=True, help="directory to write (new or empty)")
     export.add_argument(
         "--force",

@@ -175,3 +175,18 @@ def test_the_choice_keeps_the_heuristic_unless_the_search_split_tells_them_apart
     with_search_outputs(run, heuristic, half)
     with_search_outputs(run, uniform, one_more)
     assert int(choose(run, TARGET)["trial"]) == int(uniform["trial"])
+
+
+def test_export_of_a_target_writes_the_searchs_choice(
+    targeted_run: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "exported"
+    assert cli.main(["export", str(targeted_run), "--target", str(TARGET), "--out", str(out)]) == 0
+    chosen = int(choose(load_run(targeted_run), TARGET)["trial"])
+    assert f"exported trial {chosen} " in capsys.readouterr().out
+    assert json.loads((out / "metrics.json").read_text())["trial"] == chosen
+    missing = ["export", str(targeted_run), "--target", "0.3", "--out", str(tmp_path / "x")]
+    assert cli.main(missing) == 2
+    assert "--target 0.3: no complete search trial was built for it; targets with one: [0.5]" in (
+        capsys.readouterr().err
+    )

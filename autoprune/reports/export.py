@@ -21,6 +21,7 @@ import pandas as pd
 from autoprune.engine.measure import measure
 from autoprune.engine.serialize import load_pruned, save_pruned
 from autoprune.errors import AutopruneError
+from autoprune.reports.compare import choose
 from autoprune.reports.results import Run, config_of, load_run
 from autoprune.run.ledger import Kind
 from autoprune.run.session import open_run
@@ -50,11 +51,23 @@ def choose_trial(
     max_size: float | None = None,
     min_metric: float | None = None,
     kind: Kind = "search",
+    target: float | None = None,
 ) -> pd.Series:
-    """The trial to export: by number, the best front point within ``max_size``, or the
-    smallest front point reaching ``min_metric``; both chosen on the search split."""
-    if sum(x is not None for x in (trial, max_size, min_metric)) != 1:
-        raise ExportError("give exactly one of --trial, --max-size, --min-metric")
+    """The trial to export: by number, the best front point within ``max_size``, the
+    smallest front point reaching ``min_metric``, or a targeted search's choice at ``target``
+    (:func:`~autoprune.reports.compare.choose`; for a baseline kind, its trial built for
+    ``target``); all but the number chosen on the search split."""
+    if sum(x is not None for x in (trial, max_size, min_metric, target)) != 1:
+        raise ExportError("give exactly one of --trial, --max-size, --min-metric, --target")
+    if target is not None:
+        found = choose(run, target) if kind == "search" else run.best_at(target, kind)
+        if found is None:
+            targets = sorted({float(t) for t in run.complete(kind)["target"].dropna()})
+            raise ExportError(
+                f"--target {target}: no complete {kind} trial was built for it; targets "
+                f"with one: {targets or 'none'}"
+            )
+        return found
     if trial is not None:
         rows = run.complete(kind)
         match = rows[rows["trial"] == trial]
@@ -137,6 +150,7 @@ def export(
     min_metric: float | None = None,
     kind: Kind = "search",
     force: bool = False,
+    target: float | None = None,
 ) -> Exported:
     """Write ``prune_config.json``, the pruned model and ``README.md`` for a chosen trial.
 
@@ -147,7 +161,7 @@ def export(
     out = Path(out)
     check_destination(out, force)
     run = load_run(run_dir)
-    row = choose_trial(run, trial, max_size, min_metric, kind)
+    row = choose_trial(run, trial, max_size, min_metric, kind, target)
     number = int(row["trial"])
     config = config_of(row, source=f"{run.path}: trial {number}")
     session = open_run(run.path)
