@@ -1,7 +1,8 @@
 """The Ray backend on a real local Ray cluster that these tests start and stop themselves:
 a search through ``--address`` with 2 concurrent trials and early stopping, a worker killed
-during a trial, a driver killed mid-search then resumed, and a targeted search screened in
-batches and retrained on the cluster, recorded as a local run records it, then resumed."""
+during a trial, a driver killed mid-search then resumed, a targeted search screened in
+batches and retrained on the cluster, recorded as a local run records it, then resumed, and
+a targeted search of a tiny language model."""
 
 from __future__ import annotations
 
@@ -22,9 +23,16 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from conftest import new_run_with_prepared, screening_trials, search_study, tiny_study
+from conftest import (
+    new_run_with_prepared,
+    screening_trials,
+    search_study,
+    tiny_lm_study,
+    tiny_study,
+)
 
 from autoprune import cli
+from autoprune.reports.compare import choose
 from autoprune.reports.results import load_run
 from autoprune.run.ledger import count_spent
 from autoprune.run.propose import Proposer
@@ -360,3 +368,37 @@ def test_a_targeted_search_screens_in_batches_and_retrains_on_a_cluster(
     assert len(configs) == len(set(configs))
     assert configs[: len(ray_trials)] == [json.dumps(a["config"]) for a in ray_trials]
     assert f"{len(ray_trials)} already retrained" in second
+
+
+def test_a_language_model_is_searched_on_a_cluster(
+    cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A decoder's targeted search, screened by KL on Ray workers and retrained as Tune
+    trials, reads back as a local run does: every candidate at the target size, the
+    finalists with their perplexities and origins, and the search's choice among them."""
+    import ray
+
+    study = tiny_lm_study(
+        tmp_path / "study",
+        controller={"name": "evo", "seed": 0, "options": {"swaps": 1}},
+        objectives={"size": "prunable", "reference": 1000.0, "targets": [TARGET]},
+        screening={**SCREENING, "fitness": "kl", "candidates": 6, "offspring": 4},
+        backend={"name": "ray", "concurrent_trials": 2, "cpus_per_trial": 1, "max_retries": 1},
+    )
+    out = tmp_path / "ray"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False)
+    try:
+        run_search(study, out)
+    finally:
+        ray.shutdown()
+    candidates = screening_trials(out, TARGET)
+    assert len(candidates) == 6
+    assert {t.user_attrs["stage"] for t in candidates} == {"screen"}
+    assert all(abs(t.user_attrs["ratio_prunable"] - TARGET) < 0.15 for t in candidates)
+    run = load_run(out)
+    finalists = run.complete("search")
+    assert set(finalists["stage"]) == {"retrain"} and set(finalists["target"]) == {TARGET}
+    assert (finalists["metric_test"] > 1).all() and (finalists["metric_search"] > 1).all()
+    assert {"uniform", "global"} <= {o for origins in finalists["origins"] for o in origins}
+    assert int(choose(run, TARGET)["trial"]) in set(finalists["trial"])
