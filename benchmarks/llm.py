@@ -71,7 +71,7 @@ from autoprune.backends import executor
 from autoprune.engine.models import load_causal_lm
 from autoprune.engine.prune import PruneConfig
 from autoprune.reports.compare import Setting, choose, finalist_of, in_setting
-from autoprune.reports.results import Run, config_of, load_run
+from autoprune.reports.results import Run, config_of, load_run, screened
 from autoprune.run.ledger import ORIGINS, TARGET
 from autoprune.run.session import open_run
 from autoprune.workflow import opened_run, run_baselines, run_search
@@ -247,6 +247,37 @@ def figures(run: Run, setting: Setting, levels: tuple[float, ...]) -> list[dict[
     return rows
 
 
+def screening_progress(
+    run: Run, setting: Setting, levels: tuple[float, ...]
+) -> list[dict[str, Any]]:
+    """How far the search's own fitness moved from its starts at each level:
+    :func:`progress_at` of the level's target."""
+    return [
+        {
+            "setting": setting,
+            "level": level,
+            **progress_at(run, level if setting == "structured" else size_of(level)),
+        }
+        for level in levels
+    ]
+
+
+def progress_at(run: Run, target: float) -> dict[str, Any]:
+    """At ``target``: the candidates screened, the best start's fitness (the heuristics,
+    screened first), the best fitness found, and how many other candidates beat every start
+    where survivors are compared (the last selection slice; lower is better)."""
+    trials = screened(run, target)
+    compared = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    starts = [t.values[0] for t in compared if "fixed_params" in t.system_attrs]  # enqueued
+    others = [t.values[0] for t in compared if "fixed_params" not in t.system_attrs]
+    return {
+        "candidates": len(trials),
+        "best_start": min(starts),
+        "best": min(starts + others),
+        "beat_starts": sum(value < min(starts) for value in others),
+    }
+
+
 def searched(run: Run, setting: Setting, levels: tuple[float, ...]) -> list[dict[str, Any]]:
     """The targeted search's choice in ``run`` at each of ``levels`` (fractions removed)."""
     rows = []
@@ -335,7 +366,7 @@ def markdown(report: dict[str, Any]) -> list[str]:
         f"{report['model']} on {report['data']}: test perplexity on the first "
         f"{report['test_windows']} windows of {report['window']} tokens; dense "
         f"{report['dense_perplexity']:.2f}. {report['threads']} thread(s), "
-        f"{report['minutes']:.0f} minutes in all (measured up to: {report['measured']}); "
+        f"{report['minutes']:.0f} minutes in its last invocation (a resumed run counts only its own work; measured up to: {report['measured']}); "
         "candidates screened per target: "
         + ", ".join(f"{n} ({setting})" for setting, n in report["candidates"].items())
         + "; where the "
@@ -391,6 +422,20 @@ def markdown(report: dict[str, Any]) -> list[str]:
                 f"| {row['speedup_batch_1']:.2f}x |"
             )
         lines.append("")
+    lines += [
+        "## What screening found (top-32 KL to the dense model on the last selection slice; "
+        "lower is better)",
+        "",
+        "| setting | level | candidates | best start | best found | candidates beating every "
+        "start |",
+        "|---|---|---|---|---|---|",
+        *(
+            f"| {p['setting']} | {p['level']} | {p['candidates']} | {p['best_start']:.4f} | "
+            f"{p['best']:.4f} | {p['beat_starts']} |"
+            for p in report["screening"]
+        ),
+        "",
+    ]
     peaks = ", ".join(f"{phase} {mb:.0f} MB" for phase, mb in report["peak_rss_mb"].items())
     lines += [f"Peak resident memory of the process after each phase: {peaks}.", ""]
     return lines
@@ -453,6 +498,7 @@ def main() -> None:
             "teacher_targets_mb": teacher_targets_mb(sparse_dir),
         },
         "peak_rss_mb": {},
+        "screening": [],
         "rows": [],
     }
 
@@ -469,7 +515,9 @@ def main() -> None:
         overrides = level_search_overrides(setting, candidates[setting], levels)
         searches[setting] = run_search(STUDY, out, {**base, **overrides})
         report["rows"] += figures(sparse, setting, levels)
-        report["rows"] += searched(load_run(searches[setting]), setting, levels)
+        search = load_run(searches[setting])
+        report["rows"] += searched(search, setting, levels)
+        report["screening"] += screening_progress(search, setting, levels)
         write(setting)
     overrides = {**base, **structured_overrides(candidates["structured"])}
     searches["structured"] = run_search(STUDY, root / "structured", overrides)
@@ -477,6 +525,7 @@ def main() -> None:
     structured_rows = figures(structured, "structured", STRUCTURED)
     dense_speed = generation_speeds(structured, structured_rows, args.new_tokens, args.repeats)
     report["rows"] += structured_rows
+    report["screening"] += screening_progress(structured, "structured", STRUCTURED)
     report["dense_perplexity_structured_run"] = structured.dense.metric_test
     report["dense_tokens_per_s"] = dense_speed
     write("structured")

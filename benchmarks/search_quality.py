@@ -77,10 +77,8 @@ from autoprune.reports.compare import (  # noqa: E402
     paired_bootstrap,
     split_of,
 )
-from autoprune.reports.results import Run, load_run  # noqa: E402
-from autoprune.run.rundir import RunDir, study_name  # noqa: E402
+from autoprune.reports.results import Run, load_run, screened  # noqa: E402
 from autoprune.run.session import open_run  # noqa: E402
-from autoprune.strategies.targeted import screening_study_name  # noqa: E402
 from autoprune.workflow import opened_run, run_baselines, run_search  # noqa: E402
 
 STUDIES = {
@@ -148,12 +146,8 @@ class Unretrained:
 
 def screening_trials(run: Run) -> Iterator[tuple[float, optuna.trial.FrozenTrial]]:
     """Every screened candidate of the run, with its target."""
-    spec = run.spec
-    storage = RunDir(run.path).storage_url(spec)
-    for target in spec.objectives.targets:
-        name = study_name(spec, screening_study_name(target))
-        study = optuna.load_study(study_name=name, storage=storage)
-        for trial in study.get_trials(deepcopy=False):
+    for target in run.spec.objectives.targets:
+        for trial in screened(run, target):
             yield target, trial
 
 

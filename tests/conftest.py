@@ -190,16 +190,9 @@ def search_study(run: Path):
 
 def screening_trials(run: Path, target: float):
     """The trials of run directory ``run``'s screening study of ``target``, as saved."""
-    import optuna
+    from autoprune.reports.results import load_run, screened
 
-    from autoprune.run.rundir import RunDir, open_storage, study_name
-    from autoprune.strategies.targeted import screening_study_name
-
-    run_dir = RunDir(run)
-    spec = run_dir.load_spec()
-    storage = open_storage(run_dir.storage_url(spec))
-    name = study_name(spec, screening_study_name(target))
-    return optuna.load_study(study_name=name, storage=storage).trials
+    return screened(load_run(run), target)
 
 
 WORDS = [f"w{i}" for i in range(60)]

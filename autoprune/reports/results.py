@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import optuna
 import pandas as pd
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from autoprune.engine.measure import SizeUnit
 from autoprune.engine.prune import PruneConfig
@@ -23,6 +23,7 @@ from autoprune.run.rundir import BASELINE, SEARCH, RunDir, study_name
 from autoprune.run.trial import SIZE_UNITS
 from autoprune.search.pareto import hypervolume, nondominated
 from autoprune.search.spec import StudyError, StudySpec
+from autoprune.strategies.targeted import screening_study_name
 from autoprune.tasks.base import Direction, oriented
 
 Split = Literal["search", "test"]
@@ -226,6 +227,15 @@ def load_run(path: str | Path) -> Run:
         test_outputs=outputs("test"),
         search_outputs=outputs("search"),
     )
+
+
+def screened(run: Run, target: float) -> list[FrozenTrial]:
+    """Every candidate a targeted search of ``run`` screened at ``target``, in the order
+    screened (stage ``screen``: fitness, fidelity and configuration in the user attributes;
+    complete where it survived its generation's selection, pruned where it did not)."""
+    storage = RunDir(run.path).storage_url(run.spec)
+    name = study_name(run.spec, screening_study_name(target))
+    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
 
 
 def front_table(run: Run, kind: Kind = "search") -> pd.DataFrame:
