@@ -366,7 +366,8 @@ def markdown(report: dict[str, Any]) -> list[str]:
         f"{report['model']} on {report['data']}: test perplexity on the first "
         f"{report['test_windows']} windows of {report['window']} tokens; dense "
         f"{report['dense_perplexity']:.2f}. {report['threads']} thread(s), "
-        f"{report['minutes']:.0f} minutes in its last invocation (a resumed run counts only its own work; measured up to: {report['measured']}); "
+        f"{report['minutes']:.0f} minutes in its last invocation (a resumed run counts "
+        f"only its own work; measured up to: {report['measured']}); "
         "candidates screened per target: "
         + ", ".join(f"{n} ({setting})" for setting, n in report["candidates"].items())
         + "; where the "
