@@ -74,6 +74,8 @@ from autoprune.reports.compare import Setting, choose, finalist_of, in_setting
 from autoprune.reports.results import Run, config_of, load_run, screened
 from autoprune.run.ledger import ORIGINS, TARGET
 from autoprune.run.session import open_run
+from autoprune.search.levels import Heuristic
+from autoprune.strategies.targeted import retrained_at
 from autoprune.workflow import opened_run, run_baselines, run_search
 
 STUDY = REPO / "studies" / "smollm2_wikitext.yaml"
@@ -144,6 +146,12 @@ def size_of(removed: float) -> float:
     """The size (non-zero weights, or prunable parameters of alike layers) that removing the
     fraction ``removed`` leaves."""
     return round(1.0 - removed, 6)
+
+
+def target_of(setting: Setting, level: float) -> float:
+    """The search target of ``level``: the level itself where it is the fraction kept
+    (structured), else :func:`size_of` it."""
+    return level if setting == "structured" else size_of(level)
 
 
 def structured_overrides(candidates: int) -> dict[str, Any]:
@@ -256,20 +264,31 @@ def screening_progress(
         {
             "setting": setting,
             "level": level,
-            **progress_at(run, level if setting == "structured" else size_of(level)),
+            **progress_at(run, target_of(setting, level)),
         }
         for level in levels
     ]
 
 
 def progress_at(run: Run, target: float) -> dict[str, Any]:
-    """At ``target``: the candidates screened, the best start's fitness (the heuristics,
-    screened first), the best fitness found, and how many other candidates beat every start
-    where survivors are compared (the last selection slice; lower is better)."""
+    """At ``target``: the candidates screened, the best fitness of the heuristics'
+    allocations (the starts, which are also finalists), the best fitness found, and how many
+    other candidates beat every start; all where survivors are compared (the last selection
+    slice; lower is better)."""
     trials = screened(run, target)
-    compared = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    starts = [t.values[0] for t in compared if "fixed_params" in t.system_attrs]  # enqueued
-    others = [t.values[0] for t in compared if "fixed_params" not in t.system_attrs]
+    finalists = run.complete("search")
+    heuristic = {
+        config_of(finalist).to_json()
+        for _, finalist in finalists[finalists["target"] == target].iterrows()
+        if set(finalist["origins"]) != {"screened"}
+    }
+    fitness = {  # of the candidates compared where survivors are
+        PruneConfig.from_dict(t.user_attrs["config"]).to_json(): t.values[0]
+        for t in trials
+        if t.state == optuna.trial.TrialState.COMPLETE
+    }
+    starts = [value for key, value in fitness.items() if key in heuristic]
+    others = [value for key, value in fitness.items() if key not in heuristic]
     return {
         "candidates": len(trials),
         "best_start": min(starts),
@@ -282,7 +301,7 @@ def searched(run: Run, setting: Setting, levels: tuple[float, ...]) -> list[dict
     """The targeted search's choice in ``run`` at each of ``levels`` (fractions removed)."""
     rows = []
     for level in levels:
-        trial = choose(run, size_of(level))
+        trial = choose(run, target_of(setting, level))
         if trial is None:
             raise RuntimeError(f"{run.path}: no finalist at {level} ({setting})")
         rows.append(row(setting, level, "searched", trial))
@@ -321,16 +340,12 @@ def distil(source: Path, out: Path, overrides: dict[str, Any]) -> Run:
     finalists = load_run(source).complete("search")
     out = run_dir_sharing(out, (source / "prepared").resolve())
     with opened_run(STUDY, out, overrides) as session, executor(session) as chosen:
-        done = {
-            (float(trial["target"]), config_of(trial).to_json())
-            for _, trial in load_run(out).complete("search").iterrows()
-        }
-        jobs = [
-            (config_of(trial), {TARGET: float(trial["target"]), ORIGINS: list(trial["origins"])})
-            for _, trial in finalists.iterrows()
-            if (float(trial["target"]), config_of(trial).to_json()) not in done
-        ]
-        log.info("%s: %d finalist(s) to retrain, %d done", out.name, len(jobs), len(done))
+        jobs = []
+        for _, trial in finalists.iterrows():
+            target, config = float(trial["target"]), config_of(trial)
+            if config.to_json() not in retrained_at(session.search.study, target):
+                jobs.append((config, {TARGET: target, ORIGINS: list(trial["origins"])}))
+        log.info("%s: %d finalist(s) to retrain of %d", out.name, len(jobs), len(finalists))
         chosen.retrain(jobs)
     return load_run(out)
 
@@ -338,10 +353,13 @@ def distil(source: Path, out: Path, overrides: dict[str, Any]) -> Run:
 def distilled(run: Run, setting: Setting, levels: tuple[float, ...]) -> list[dict[str, Any]]:
     """The rows of a :func:`distil` run: per level, the finalist built from each heuristic
     of ``setting`` (by its origins) and the search's choice after retraining."""
-    heuristics = {"depth": ("block-influence",), "structured": ("uniform", "global")}[setting]
+    heuristics: tuple[Heuristic, ...] = {
+        "depth": ("block-influence",),
+        "structured": ("uniform", "global"),
+    }[setting]
     rows = []
     for level in levels:
-        target = size_of(level) if setting == "depth" else level
+        target = target_of(setting, level)
         for method in heuristics:
             found = finalist_of(run, target, method)
             if found is None:
@@ -375,7 +393,7 @@ def markdown(report: dict[str, Any]) -> list[str]:
         f"finalist retrained {distillation['steps']} steps of {distillation['batch_size']} "
         f"windows (lr {distillation['lr']:g}) on the dense model's top-"
         f"{distillation['top_k'] or 32} targets, cached for {distillation['windows']} windows "
-        f"in {distillation['teacher_targets_mb']:.1f} MB.",
+        f"in {distillation['teacher_targets_mb']:.1f} MB per run.",
         "",
     ]
     titles = {

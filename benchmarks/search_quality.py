@@ -165,9 +165,9 @@ def phase_seconds(run: Run) -> dict[str, float]:
 def finalist_agreement(runs: list[Run]) -> dict[str, dict[str, int]]:
     """How well two cheaper scores order the finalists of one seed and target as their test
     metric after retraining does: the screening fitness (retrain-free, on the last selection
-    slice) and the search metric after retraining (what chooses). Per score, the pairs of
-    finalists it orders as the test metric does (``concordant``) out of the pairs that both
-    tell apart (``pairs``); half of them is chance."""
+    slice) and the search metric after retraining (what the choice starts from). Per score,
+    the pairs of finalists it orders as the test metric does (``concordant``) out of the
+    pairs that both tell apart (``pairs``); half of them is chance."""
     counts = {score: {"concordant": 0, "pairs": 0} for score in ("screening", "search")}
     for run in runs:
         sign = 1.0 if run.higher_is_better else -1.0
@@ -325,9 +325,8 @@ def plot(report: dict[str, Any], task: str, path: Path) -> None:
 
 def markdown(report: dict[str, Any]) -> list[str]:
     lines = [
-        f"`{report['command']}` on {report['threads']} CPU threads, {report['seeds']} seeds; "
-        f"{report['candidates']} candidates screened per target and seed. Test split (GLUE "
-        "dev), never seen by any choice. Mean ± sd over seeds; diff = searched − best "
+        "Test split (GLUE dev), never seen by any choice. Mean ± sd over seeds; diff = "
+        "searched − best "
         f"baseline, with a paired bootstrap 95% interval over test examples ({RESAMPLES} "
         "resamples). Searched = the search's choice among its finalists on the search split "
         "(the study's screening.choice; uniform "
@@ -339,7 +338,9 @@ def markdown(report: dict[str, Any]) -> list[str]:
             f"### {task} ({info['metric']}; dense {info['dense_test']:.4f} test, "
             f"{info['dense_search']:.4f} search)",
             "",
-            f"Measured by `{info['command']}`; the search's choice: `{info['choice']}`.",
+            f"Measured by `{info['command']}` on {info['threads']} CPU threads: "
+            f"{info['seeds']} seeds, {info['candidates']} candidates screened per target and "
+            f"seed; the search's choice: `{info['choice']}`.",
             "",
             "| mode | target | searched | uniform | layer-uniform | global | diff vs best "
             "(95% CI) |",
@@ -365,7 +366,7 @@ def markdown(report: dict[str, Any]) -> list[str]:
             "Pairs of finalists (same seed and target) ordered as their test metric after "
             "retraining orders them: by the screening fitness (retrain-free) "
             f"{agreement['screening']['concordant']}/{agreement['screening']['pairs']}, by the "
-            "search metric after retraining (the choice) "
+            "search metric after retraining (what the choice starts from) "
             f"{agreement['search']['concordant']}/{agreement['search']['pairs']}; chance is half.",
             "",
             "| target | best finalist on test (mean) | choice = best finalist | Spearman "
@@ -448,7 +449,8 @@ def main() -> None:
         kept = json.loads(earlier.read_text())
         report["tasks"] = {t: v for t, v in kept["tasks"].items() if t not in tasks}
         for info in report["tasks"].values():  # measured before tasks named their own
-            info.setdefault("command", kept["command"])
+            for key in ("command", "threads", "seeds", "candidates"):
+                info.setdefault(key, kept[key])
             info.setdefault("choice", "best")
         for key in ("comparisons", "trials"):
             report[key] = [entry for entry in kept[key] if entry["task"] not in tasks]
@@ -483,6 +485,9 @@ def main() -> None:
             "finalist_ceiling": finalist_ceiling(runs),
             "plot": f"{args.name}_{task}.png",
             "command": command,
+            "threads": torch.get_num_threads(),
+            "seeds": args.seeds,
+            "candidates": overrides["screening.candidates"],
             "choice": runs[0].spec.screening.choice,
         }
         for mode in MODES:

@@ -188,6 +188,17 @@ def search_study(run: Path):
     return optuna.load_study(study_name=study_name(spec, SEARCH), storage=storage)
 
 
+def with_search_outputs(run, row, outputs: torch.Tensor) -> None:
+    """Give the search trial ``row`` of the read run ``run`` these per-example search
+    outputs and the search metric they give (in memory: what a choice reads)."""
+    from autoprune.reports.compare import split_of
+
+    task, search = split_of(run, "search")
+    run.search_outputs[("search", int(row["trial"]))] = outputs.tolist()
+    at = (run.trials["study"] == "search") & (run.trials["trial"] == int(row["trial"]))
+    run.trials.loc[at, "metric_search"] = task.metric_of(outputs, search)
+
+
 def screening_trials(run: Path, target: float):
     """The trials of run directory ``run``'s screening study of ``target``, as saved."""
     from autoprune.reports.results import load_run, screened

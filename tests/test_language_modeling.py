@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import byte_level_tokenizer, tiny_lm_study
+from conftest import byte_level_tokenizer, tiny_lm_study, with_search_outputs
 from test_groups import VOCAB, tiny_llama
 
 import autoprune
 from autoprune import PruneConfig, cli
-from autoprune.reports.compare import paired_bootstrap
+from autoprune.reports.compare import choose, finalist_of, paired_bootstrap, split_of
 from autoprune.reports.results import load_run
 from autoprune.search.spec import StudyError, load_study
 from autoprune.tasks import LanguageModeling
@@ -214,3 +214,26 @@ def test_an_exported_language_model_measures_what_its_run_recorded(lm_runs, tmp_
     assert tokenizer is not None and model.config.model_type == "llama"
     data = load_windows(run.spec.data, tokenizer, run.spec.max_length)
     assert task().evaluate(model, data.test) == pytest.approx(best["metric_test"], rel=1e-5)
+
+
+def test_the_choice_of_a_perplexity_reads_lower_as_better(lm_runs) -> None:
+    run = load_run(lm_runs[1])
+    target = run.spec.objectives.targets[0]
+    heuristic, uniform = finalist_of(run, target, "global"), finalist_of(run, target, "uniform")
+    assert heuristic is not None and uniform is not None
+    assert int(heuristic["trial"]) != int(uniform["trial"])
+    tokens = split_of(run, "search")[1].attention_mask[:, 1:].sum(dim=1).double()  # (windows,)
+
+    def at_perplexity(perplexity: torch.Tensor) -> torch.Tensor:  # (windows, 2)
+        return torch.stack([tokens * perplexity.log(), tokens], dim=1)
+
+    for _, row in run.complete("search").iterrows():  # every other finalist far behind
+        with_search_outputs(run, row, at_perplexity(torch.full_like(tokens, 900.0)))
+    with_search_outputs(run, heuristic, at_perplexity(torch.full_like(tokens, 100.0)))
+    one_window = torch.full_like(tokens, 100.0)
+    one_window[0] = 60.0  # lower on one window only: within the noise
+    with_search_outputs(run, uniform, at_perplexity(one_window))
+    assert int(run.best_at(target)["trial"]) == int(uniform["trial"])
+    assert int(choose(run, target)["trial"]) == int(heuristic["trial"])
+    with_search_outputs(run, uniform, at_perplexity(torch.full_like(tokens, 60.0)))
+    assert int(choose(run, target)["trial"]) == int(uniform["trial"])  # lower everywhere

@@ -32,7 +32,7 @@ from conftest import (
 )
 
 from autoprune import cli
-from autoprune.reports.compare import choose
+from autoprune.reports.compare import outputs_of, split_of
 from autoprune.reports.results import load_run
 from autoprune.run.ledger import count_spent
 from autoprune.run.propose import Proposer
@@ -401,4 +401,7 @@ def test_a_language_model_is_searched_on_a_cluster(
     assert set(finalists["stage"]) == {"retrain"} and set(finalists["target"]) == {TARGET}
     assert (finalists["metric_test"] > 1).all() and (finalists["metric_search"] > 1).all()
     assert {"uniform", "global"} <= {o for origins in finalists["origins"] for o in origins}
-    assert int(choose(run, TARGET)["trial"]) in set(finalists["trial"])
+    task, search = split_of(run, "search")
+    for _, finalist in finalists.iterrows():  # what the choice reads came back from the workers
+        outputs = outputs_of(run, finalist, "search")
+        assert task.metric_of(outputs, search) == pytest.approx(finalist["metric_search"])

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-from conftest import screening_trials, tiny_study
+from conftest import screening_trials, tiny_study, with_search_outputs
 
 from autoprune import cli
 from autoprune.reports.compare import choose, finalist_of, split_of
-from autoprune.reports.results import Run, load_run
+from autoprune.reports.results import load_run
 from autoprune.run.rundir import RunDir
 from autoprune.run.session import open_run
 from autoprune.search.budget import BudgetSpace
@@ -133,14 +133,6 @@ def test_compare_shows_the_search_beside_every_baseline_at_each_target(
             assert low - 1e-4 <= row["test diff"] <= high + 1e-4
     assert cli.main(["compare", str(run)]) == 0
     assert "at each target, test split" in capsys.readouterr().out
-
-
-def with_search_outputs(run: Run, row, outputs) -> None:
-    """Give the search trial ``row`` of ``run`` these search outputs and their metric."""
-    task, search = split_of(run, "search")
-    run.search_outputs[("search", int(row["trial"]))] = outputs.tolist()
-    at = (run.trials["study"] == "search") & (run.trials["trial"] == int(row["trial"]))
-    run.trials.loc[at, "metric_search"] = task.metric_of(outputs, search)
 
 
 def test_the_choice_keeps_the_heuristic_unless_the_search_split_tells_them_apart(

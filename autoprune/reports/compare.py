@@ -9,9 +9,10 @@ says the examples cannot tell the two apart.
 
 The same reading on the search split makes a targeted search's choice (:func:`choose`): the
 finalist with the best search metric replaces the space's heuristic only where the search
-split tells them apart, so a lead within the noise of a few hundred examples (the winner's
-curse of picking the best of several noisy scores) does not hand a user a worse model than
-the heuristic.
+split tells them apart, at a level corrected for the finalists it was picked from
+(Bonferroni), so a lead within the noise of a few hundred examples (the winner's curse of
+picking the best of several noisy scores) does not hand a user a worse model than the
+heuristic.
 """
 
 from __future__ import annotations
@@ -24,17 +25,19 @@ import pandas as pd
 import torch
 
 from autoprune.reports.results import Run, Split
-from autoprune.run.ledger import Kind
+from autoprune.run.ledger import Kind, Origin
+from autoprune.search.levels import Heuristic
 from autoprune.tasks import Task, make_task
 from autoprune.tasks.data import Encoded, TaskData
 
 
 @dataclass(frozen=True)
 class Difference:
-    """A model's test metric minus another's, with a paired bootstrap interval.
+    """A model's metric minus another's on the same examples, with a paired bootstrap
+    interval.
 
     Attributes:
-        diff: The difference on the whole test split.
+        diff: The difference on all the examples.
         low: The interval's lower end.
         high: Its upper end.
         level: Its confidence level (0.95 for a 95% interval).
@@ -55,13 +58,13 @@ def paired_bootstrap(
     level: float = 0.95,
     seed: int = 0,
 ) -> Difference:
-    """The mean test metric of the models ``a`` minus that of the models ``b`` on ``data``,
-    and its percentile bootstrap interval at ``level`` over ``resamples`` resamples of the
-    examples (the same rows for every model).
+    """The mean metric of the models ``a`` minus that of the models ``b`` on ``data`` (a
+    test or search split), and its percentile bootstrap interval at ``level`` over
+    ``resamples`` resamples of the examples (the same rows for every model).
 
     Several models on a side are the same method run with different seeds: the difference
-    of their means is resampled, so the interval is about the test set, the seeds' spread
-    being in the means themselves.
+    of their means is resampled, so the interval is about the sampling of the examples, the
+    seeds' spread being in the means themselves.
 
     Args:
         task: The task whose :meth:`~autoprune.tasks.Task.metric_of` scores outputs.
@@ -122,15 +125,17 @@ def outputs_of(run: Run, row: pd.Series, split: Split = "test") -> torch.Tensor:
     return torch.tensor(recorded[key])
 
 
-HEURISTICS = ("global", "owl", "block-influence")
-"""The origins of a budget space's heuristic finalist (one per space; without it, uniform)."""
-CHOICE_LEVEL = 0.9
-"""The two-sided level of the interval that :func:`choose` asks to be clear of zero (so a
-one-sided 95% test)."""
+HEURISTICS: tuple[Heuristic, ...] = ("global", "owl", "block-influence")
+"""The origins of a budget space's own heuristic finalist (one per space; without it, the
+uniform one stands in)."""
+CHOICE_ALPHA = 0.05
+"""The one-sided error :func:`choose` allows for replacing the heuristic's finalist by one
+no better, over all the finalists the challenger was picked from."""
 CHOICE_RESAMPLES = 1000
+"""Resamples of the search examples behind each choice."""
 
 
-def finalist_of(run: Run, target: float, origin: str) -> pd.Series | None:
+def finalist_of(run: Run, target: float, origin: Origin) -> pd.Series | None:
     """The targeted search's finalist at ``target`` built from ``origin`` (``uniform``,
     ``global``, ``screened``, ...: the first such), or None."""
     finalists = run.complete("search")
@@ -145,9 +150,10 @@ def choose(run: Run, target: float) -> pd.Series | None:
     With ``screening.choice: best``, the finalist with the best search metric. With
     ``significant`` (the default), that finalist only where it beats the finalist built from
     the space's heuristic (:data:`HEURISTICS`, else the uniform allocation) on the search
-    split, the paired bootstrap interval at :data:`CHOICE_LEVEL` clear of zero; otherwise
-    the heuristic's. Finalists without recorded search outputs (recorded by an earlier
-    version) are chosen by their search metric alone.
+    split: the paired bootstrap interval, at a one-sided error of :data:`CHOICE_ALPHA`
+    divided among the other finalists it was the best of, lies clear of zero; otherwise the
+    heuristic's. Finalists without recorded search outputs (recorded by an earlier version)
+    are chosen by their search metric alone.
     """
     best = run.best_at(target, "search")
     if best is None or run.spec.screening.choice == "best":
@@ -162,8 +168,11 @@ def choose(run: Run, target: float) -> pd.Series | None:
     except KeyError:
         return best
     task, search = split_of(run, "search")
+    finalists = run.complete("search")
+    challengers = int((finalists["target"] == target).sum()) - 1
+    level = 1.0 - 2.0 * CHOICE_ALPHA / challengers
     gap = paired_bootstrap(
-        task, search, [challenger], [holder], resamples=CHOICE_RESAMPLES, level=CHOICE_LEVEL
+        task, search, [challenger], [holder], resamples=CHOICE_RESAMPLES, level=level
     )
     clear = gap.low > 0 if run.higher_is_better else gap.high < 0
     return best if clear else incumbent
@@ -180,6 +189,10 @@ SETTINGS: dict[Setting, tuple[Kind, ...]] = {
 """Each setting's baseline kinds; what the targets of its trials are, in the comments."""
 
 
+FINALIST_ORIGINS: dict[Kind, Origin] = {"uniform": "uniform", "global": "global"}
+"""The baseline kinds a targeted search's finalists stand in for, by the origin they record."""
+
+
 def at_target(run: Run, target: float) -> dict[str, pd.Series]:
     """What each method gives at ``target``, where the run has it: ``searched``, the targeted
     search's choice (:func:`choose`); ``uniform`` and ``global``, the baseline of that kind
@@ -188,8 +201,9 @@ def at_target(run: Run, target: float) -> dict[str, pd.Series]:
     found = {"searched": choose(run, target)}
     for method in BASELINE_KINDS:
         row = run.best_at(target, method)
-        if row is None and method != "layer-uniform":
-            row = finalist_of(run, target, method)
+        origin = FINALIST_ORIGINS.get(method)
+        if row is None and origin is not None:
+            row = finalist_of(run, target, origin)
         found[method] = row
     return {method: row for method, row in found.items() if row is not None}
 

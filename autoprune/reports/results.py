@@ -19,11 +19,10 @@ from autoprune.engine.measure import SizeUnit
 from autoprune.engine.prune import PruneConfig
 from autoprune.run.ledger import KIND, KINDS, ORIGINS, TARGET, Kind, checkpoint_error, status_of
 from autoprune.run.prepare import DenseRecord
-from autoprune.run.rundir import BASELINE, SEARCH, RunDir, study_name
+from autoprune.run.rundir import BASELINE, SEARCH, RunDir, screening_study_name, study_name
 from autoprune.run.trial import SIZE_UNITS
 from autoprune.search.pareto import hypervolume, nondominated
 from autoprune.search.spec import StudyError, StudySpec
-from autoprune.strategies.targeted import screening_study_name
 from autoprune.tasks.base import Direction, oriented
 
 Split = Literal["search", "test"]
@@ -232,10 +231,21 @@ def load_run(path: str | Path) -> Run:
 def screened(run: Run, target: float) -> list[FrozenTrial]:
     """Every candidate a targeted search of ``run`` screened at ``target``, in the order
     screened (stage ``screen``: fitness, fidelity and configuration in the user attributes;
-    complete where it survived its generation's selection, pruned where it did not)."""
-    storage = RunDir(run.path).storage_url(run.spec)
+    complete where it survived its generation's selection, pruned where it did not).
+
+    Raises:
+        StudyError: If nothing was screened at ``target`` in ``run``.
+    """
+    storage = RunDir(run.path).open_storage(run.spec, create=False)
     name = study_name(run.spec, screening_study_name(target))
-    return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    try:
+        study = optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise StudyError(
+            f"{run.path}: nothing was screened at target {target}; the study's targets are "
+            f"{run.spec.objectives.targets}"
+        ) from None
+    return study.get_trials(deepcopy=False)
 
 
 def front_table(run: Run, kind: Kind = "search") -> pd.DataFrame:

@@ -30,6 +30,7 @@ from autoprune.run.rundir import RunDir, write_atomically
 from autoprune.run.screen import ScreenOutcome
 from autoprune.run.trial import Stage, TrialOutcome
 from autoprune.search.early_stopping import should_continue
+from autoprune.search.levels import Heuristic
 from autoprune.search.pareto import nondominated
 from autoprune.search.spec import EarlyStoppingSpec
 from autoprune.tasks.base import Task
@@ -40,10 +41,12 @@ Kind = Literal[
 ]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 
+Origin = Literal["screened", Heuristic]
+"""Where a targeted search's finalist came from: its screening, or a heuristic's allocation."""
 STATUS = "status"
 KIND = "kind"
 TARGET = "target"  # what a baseline was built for, where it was built for one (see its kind)
-ORIGINS = "origins"  # where a targeted search's finalist came from: screened, uniform, global
+ORIGINS = "origins"  # where a targeted search's finalist came from (a list of Origin)
 STAGE = "stage"
 FIDELITY = "fidelity"
 FAILURE = "failure"

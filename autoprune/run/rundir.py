@@ -107,6 +107,11 @@ def study_name(spec: StudySpec, which: str) -> str:
     return f"{spec.name}.{which}"
 
 
+def screening_study_name(target: float) -> str:
+    """The suffix of a targeted search's screening study of ``target`` (``screen-0.25``)."""
+    return f"screen-{target:g}"
+
+
 def open_study(
     spec: StudySpec, storage: BaseStorage, which: str, directions: Sequence[Direction]
 ) -> optuna.Study:

@@ -24,13 +24,17 @@ import math
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Literal, Protocol, TypeVar
 
 from autoprune.engine.measure import SizeModel, SizeUnit
 from autoprune.engine.prune import PruneConfig
 from autoprune.errors import AutopruneError
 
 A = TypeVar("A")
+Heuristic = Literal["uniform", "global", "owl", "block-influence"]
+"""The allocations of a target size that rules of thumb give in a budget space: ``uniform`` in
+every space, then one per space (``global`` for heads and neurons, ``owl`` for sparsity,
+``block-influence`` for kept layers)."""
 
 
 class BudgetError(AutopruneError, ValueError):

@@ -46,14 +46,15 @@ import torch
 
 from autoprune.engine.prune import PruneConfig
 from autoprune.run.baselines import calibration_influence
-from autoprune.run.ledger import ORIGINS, STATUS, TARGET, Ledger
-from autoprune.run.rundir import open_study
+from autoprune.run.ledger import ORIGINS, STATUS, TARGET, Ledger, Origin
+from autoprune.run.rundir import open_study, screening_study_name
 from autoprune.run.screen import ScreenOutcome, last_stage, select
 from autoprune.run.session import Session
 from autoprune.search.budget import BudgetSpace
 from autoprune.search.budget_depth import DepthBudget
 from autoprune.search.budget_sparsity import SparsityBudget
 from autoprune.search.controllers import EvoOptions, make_sampler
+from autoprune.search.levels import Heuristic
 from autoprune.search.spec import StudyError
 from autoprune.search.targets import TargetEncoding, budget_space
 from autoprune.strategies.executor import Executor
@@ -61,9 +62,14 @@ from autoprune.strategies.executor import Executor
 log = logging.getLogger("autoprune")
 
 
-def screening_study_name(target: float) -> str:
-    """The suffix of the screening study of ``target`` (``screen-0.25``)."""
-    return f"screen-{target:g}"
+def retrained_at(study: optuna.Study, target: float) -> set[str]:
+    """The configurations (:meth:`PruneConfig.to_json`) retrained to completion for
+    ``target`` in a search ``study``: what resuming does not retrain again."""
+    return {
+        PruneConfig.from_dict(t.user_attrs["config"]).to_json()
+        for t in study.get_trials(deepcopy=False)
+        if t.user_attrs.get(STATUS) == "complete" and t.user_attrs.get(TARGET) == target
+    }
 
 
 class TargetedSearch:
@@ -124,13 +130,13 @@ class TargetedSearch:
         controller = self.spec.controller
         return EvoOptions.model_validate(controller.options) if controller.name == "evo" else None
 
-    def heuristics(self, target: float) -> dict[str, Any]:
+    def heuristics(self, target: float) -> dict[Heuristic, Any]:
         """The allocations of size ``target`` that rules of thumb give in this space, by
         name: ``uniform`` (:meth:`~autoprune.search.levels.LevelSpace.at`), then ``global``
         (heads and neurons by importance per cost), ``owl`` (sparsity, with Wanda scores:
         ``importance.method: activation``) or ``block-influence`` (kept layers)."""
         space, scores = self.space, self.session.prepared.scores
-        found: dict[str, Any] = {"uniform": space.at(target)}
+        found: dict[Heuristic, Any] = {"uniform": space.at(target)}
         if isinstance(space, BudgetSpace):
             found["global"] = space.global_allocation(scores, target)
         elif isinstance(space, SparsityBudget) and scores.method == "activation":
@@ -152,7 +158,7 @@ class TargetedSearch:
         """
         evo = self._evo_options()
         found = self.heuristics(target)
-        names: list[str] = ["uniform"] if evo is None else list(evo.starts or found)
+        names: list[Heuristic] = ["uniform"] if evo is None else list(evo.starts or found)
         missing = [name for name in names if name not in found]
         if missing:
             raise StudyError(
@@ -222,7 +228,7 @@ class TargetedSearch:
 
     # -- retraining ------------------------------------------------------------------------
 
-    def _finalists(self, target: float, ledger: Ledger) -> list[tuple[PruneConfig, list[str]]]:
+    def _finalists(self, target: float, ledger: Ledger) -> list[tuple[PruneConfig, list[Origin]]]:
         """The best ``screening.finalists`` distinct screened configurations, then the
         space's :meth:`heuristics` at ``target``; each once, with where it came from
         (``screened``, ``uniform``, ...: one or several)."""
@@ -230,8 +236,8 @@ class TargetedSearch:
             deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)
         )
         configs: dict[str, PruneConfig] = {}
-        origins: dict[str, list[str]] = {}
-        found: list[tuple[str, PruneConfig]] = []
+        origins: dict[str, list[Origin]] = {}
+        found: list[tuple[Origin, PruneConfig]] = []
         for trial in sorted(complete, key=lambda t: t.values[0]):
             if len(found) == self.spec.screening.finalists:
                 break
@@ -248,11 +254,7 @@ class TargetedSearch:
 
     def _retrain(self, target: float, screening: Ledger) -> None:
         """Retrain the finalists at ``target`` that are not retrained yet, noting the target."""
-        done = {
-            PruneConfig.from_dict(t.user_attrs["config"]).to_json()
-            for t in self.session.search.study.get_trials(deepcopy=False)
-            if t.user_attrs.get(STATUS) == "complete" and t.user_attrs.get(TARGET) == target
-        }
+        done = retrained_at(self.session.search.study, target)
         finalists = [
             (config, origins)
             for config, origins in self._finalists(target, screening)

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from autoprune.errors import AutopruneError
 from autoprune.search.controllers.evo import EvolutionarySampler, Mutation
 from autoprune.search.controllers.rl import PolicyGradientSampler
+from autoprune.search.levels import Heuristic
 
 ControllerName = Literal["tpe", "gp", "nsga2", "nsga3", "rl", "random", "evo"]
 
@@ -81,7 +82,7 @@ class EvoOptions(ControllerOptions):
     """The elitist evolution's settings (see :class:`EvolutionarySampler`)."""
 
     swaps: int = Field(default=2, ge=1, description="levels moved per child")
-    starts: list[Literal["uniform", "global", "owl", "block-influence"]] | None = Field(
+    starts: list[Heuristic] | None = Field(
         default=None,
         description="allocations evaluated first, at each target (a targeted search); "
         "default: uniform and the search space's heuristic (global, owl or block-influence)",
