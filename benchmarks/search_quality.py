@@ -445,6 +445,7 @@ def main() -> None:
         "trials": [],
     }
     earlier = results / f"{args.name}.json"
+    kept: dict[str, Any] = {"tasks": {}}
     if earlier.is_file() and args.only_seed is None:  # the other tasks' results are kept
         kept = json.loads(earlier.read_text())
         report["tasks"] = {t: v for t, v in kept["tasks"].items() if t not in tasks}
@@ -456,10 +457,13 @@ def main() -> None:
             report[key] = [entry for entry in kept[key] if entry["task"] not in tasks]
     for task in tasks:
         prepared_at = time.perf_counter()
+        read_back = (root / task / "prepared" / "fingerprint.json").is_file()
         prepare_only = run_dir_sharing(root / task / "prepare", root / task / "prepared")
         with opened_run(STUDIES[task], prepare_only, overrides):
             pass
         spent = {"preparation": time.perf_counter() - prepared_at}
+        if read_back and task in kept["tasks"]:  # the invocation that prepared it timed it
+            spent["preparation"] = kept["tasks"][task]["minutes"]["preparation"] * 60
         spent.update({"screening": 0.0, "retraining": 0.0})
         candidates = 0
         runs = []
