@@ -378,7 +378,8 @@ def markdown(report: dict[str, Any]) -> list[str]:
                 for c in info["finalist_ceiling"]
             ),
             "",
-            "Wall time: "
+            "Time, the trials' work summed over seeds (preparation: the invocation that "
+            "prepared): "
             + ", ".join(f"{phase} {minutes:.1f} min" for phase, minutes in phases.items())
             + f"; {info['candidates_screened']} candidates screened in all.",
             "",
