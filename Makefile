@@ -27,7 +27,7 @@ demo: setup
 	$(VENV)/bin/autoprune compare runs/quickstart
 	$(VENV)/bin/autoprune plot runs/quickstart
 
-# The decoder quick start: prune the real SmolLM2-135M on WikiText-2 at two sizes (20-30 min).
+# The decoder quick start: prune the real SmolLM2-135M on WikiText-2 at two sizes (~18 min).
 demo-llm: setup
 	$(VENV)/bin/autoprune search studies/smollm2_wikitext.yaml --out runs/smollm2
 	$(VENV)/bin/autoprune compare runs/smollm2
