@@ -456,7 +456,11 @@ def markdown(report: dict[str, Any]) -> list[str]:
         "",
     ]
     peaks = ", ".join(f"{phase} {mb:.0f} MB" for phase, mb in report["peak_rss_mb"].items())
-    lines += [f"Peak resident memory of the process after each phase: {peaks}.", ""]
+    lines += [
+        "Peak resident memory of the last invocation's process after each phase (a phase a "
+        f"resumed run read back costs it no work): {peaks}.",
+        "",
+    ]
     return lines
 
 
