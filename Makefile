@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The quick start: fine-tune MiniLM on SST-2, search, print and plot the front (~12 min).
+# The quick start: fine-tune MiniLM on SST-2, search, print and plot the front (~20 min).
 demo: setup
 	$(VENV)/bin/autoprune search studies/quickstart.yaml --out runs/quickstart
 	$(VENV)/bin/autoprune baseline runs/quickstart --kind layer-uniform
