@@ -51,7 +51,7 @@ from autoprune.search.spec import Fitness
 from autoprune.workflow import opened_run
 
 STUDY = REPO / "studies" / "bench_sst2.yaml"
-FITNESSES: tuple[Fitness, ...] = ("kl", "hidden", "loss", "metric")
+FITNESSES: tuple[Fitness, ...] = ("kl", "hidden", "loss", "fisher", "metric")
 RECOVERED = "kl, recovered"
 
 log = logging.getLogger("autoprune")
@@ -164,7 +164,7 @@ def measure_one(
     screened = {}
     for kind, screener in screeners.items():
         examples = slice(0, min(args.calibration, screener.examples))
-        screened[kind] = screener.score(screener.candidate(config), examples)
+        screened[kind] = screener.score(screener.candidate(config), examples, config)
     search_at: list[dict[str, float]] = []
     tests, seconds = [], 0.0
     prepared = screeners["kl"].prepared

@@ -10,6 +10,7 @@ from torch import nn
 
 import autoprune
 from autoprune import PruneConfig
+from autoprune.engine.gates import gated
 from autoprune.run.prepare import Prepared, prepare
 from autoprune.run.screen import TIE_BREAK, Screener, ScreenOutcome, screen_candidate, select
 from autoprune.search.spec import load_study
@@ -100,6 +101,53 @@ def test_hidden_loss_and_metric_equal_direct_computations(prepared: Prepared) ->
     screened = Screener(prepared, fitness="metric").score(pruned, slice(0, 12))
     assert screened == pytest.approx(-accuracy + TIE_BREAK * search_loss, abs=1e-9)
     assert abs(screened + accuracy) < 1 / 12  # the loss only breaks ties of the accuracy
+
+
+def test_fisher_equals_a_direct_computation(prepared: Prepared) -> None:
+    """Half the mean over examples of the squared sum of the removed units' gate gradients,
+    each example's gradients taken on its own through unbatched gates."""
+    model = prepared.model.eval()
+    arch = autoprune.describe(model)
+    config = PruneConfig([3, 4], [48, 28])  # one head of layer 0, 20 neurons of layer 1
+    screener = Screener(prepared, fitness="fisher", batch_size=3)
+    removed = screener.removed(config)
+    scores = prepared.scores
+    expected_removed = torch.zeros(sum(arch.heads) + sum(arch.ffn))
+    expected_removed[int(scores.heads[0].argmin())] = 1.0
+    layer_1_neurons = sum(arch.heads) + arch.ffn[0]
+    expected_removed[layer_1_neurons + scores.neurons[1].topk(20, largest=False).indices] = 1.0
+    assert torch.equal(removed, expected_removed)
+
+    part = prepared.data.pool.subset(slice(2, 10))
+    squares = []
+    for n in range(len(part)):
+        one = part.subset(slice(n, n + 1))
+        heads = [torch.ones(h, requires_grad=True) for h in arch.heads]
+        neurons = [torch.ones(f, requires_grad=True) for f in arch.ffn]
+        inputs = {"input_ids": one.input_ids, "attention_mask": one.attention_mask}
+        if one.token_type_ids is not None:
+            inputs["token_type_ids"] = one.token_type_ids
+        with gated(model, heads, neurons):
+            loss = F.cross_entropy(model(**inputs).logits, one.labels)
+        gradient = torch.cat(torch.autograd.grad(loss, [*heads, *neurons]))
+        squares.append(float(gradient @ removed) ** 2)
+    expected = 0.5 * sum(squares) / len(squares)
+    pruned = autoprune.prune(model, config, scores)
+    assert screener.score(pruned, slice(2, 10), config) == pytest.approx(expected, rel=1e-4)
+    assert expected > 0.0
+    dense = PruneConfig.dense(arch)
+    assert screen_candidate(screener, dense, slice(2, 10)).fitness == 0.0
+
+
+def test_fisher_refuses_what_it_cannot_score(prepared: Prepared) -> None:
+    screener = Screener(prepared, fitness="fisher")
+    sparse = PruneConfig([4, 4], [48, 48], [0.5, 0.0])
+    with pytest.raises(ValueError, match="fisher.*sparsity or drops layers"):
+        screen_candidate(screener, sparse, slice(0, 4))
+    with pytest.raises(ValueError, match="pass config="):
+        screener.score(prepared.model, slice(0, 4))
+    with pytest.raises(ValueError, match="recovery_examples must be 0 with fitness 'fisher'"):
+        Screener(prepared, fitness="fisher", recovery_examples=8)
 
 
 @pytest.mark.parametrize("fitness", ["kl", "hidden"])

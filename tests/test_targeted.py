@@ -182,3 +182,26 @@ def test_export_of_a_target_writes_the_searchs_choice(
     assert "--target 0.3: no complete search trial was built for it; targets with one: [0.5]" in (
         capsys.readouterr().err
     )
+
+
+def test_a_fisher_screened_search_runs_and_a_sparsity_space_is_refused(
+    tmp_path: Path, capsys
+) -> None:
+    sections = {
+        "controller": {"name": "evo", "seed": 0, "options": {"swaps": 1}},
+        "objectives": {"size": "prunable", "targets": [TARGET]},
+        "screening": {**SCREENING, "fitness": "fisher", "candidates": 4},
+        "retrain": {"steps": 1, "batch_size": 8},
+    }
+    study = tiny_study(tmp_path / "fisher", **sections)
+    out = tmp_path / "fisher" / "run"
+    assert cli.main(["-q", "search", str(study), "--out", str(out)]) == 0
+    trials = screening_trials(out, TARGET)
+    assert len(trials) == 4
+    assert {t.user_attrs["fitness_kind"] for t in trials} == {"fisher"}
+    assert all(t.user_attrs["fitness"] > 0.0 for t in trials)  # every candidate removes units
+
+    space = str(Path(__file__).parents[1] / "search_spaces" / "heads_ffn_sparsity.yaml")
+    refused = tiny_study(tmp_path / "refused", **sections, search_space=space)
+    assert cli.main(["-q", "search", str(refused), "--out", str(tmp_path / "r")]) != 0
+    assert "screening.fitness: fisher" in capsys.readouterr().err

@@ -28,7 +28,7 @@ import torch
 from transformers import PreTrainedModel
 
 from autoprune.engine.activations import FeatureSquares, InputRecorder
-from autoprune.engine.arch import describe, family_of
+from autoprune.engine.arch import Architecture, describe, family_of
 from autoprune.engine.gates import gated
 from autoprune.engine.groups import LayerGroups, Unit
 from autoprune.engine.projections import as_matrix, matrix_shape
@@ -123,6 +123,49 @@ def _grouped_norm(
     return total.sqrt()
 
 
+def unit_gates(
+    arch: Architecture, size: int, device: torch.device
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Gates of ones for :func:`autoprune.engine.gates.gated`, one row per example (so a
+    summed loss gives per-example gradients): ``(size, heads)`` and ``(size, ffn)`` per layer."""
+    heads = [torch.ones(size, n, device=device, requires_grad=True) for n in arch.heads]
+    neurons = [torch.ones(size, n, device=device, requires_grad=True) for n in arch.ffn]
+    return heads, neurons
+
+
+def gate_gradients(model: PreTrainedModel, batches: Iterable[Batch], loss: Loss) -> torch.Tensor:
+    """Per example of ``batches``, the gradient of its own loss with respect to the gate of
+    every query head and every neuron at 1 (the model as it is), ``(examples, units)``: the
+    heads of layer 0, 1, ... and then the neurons of layer 0, 1, ...
+
+    Raises:
+        ValueError: If ``batches`` holds no example.
+    """
+    arch = describe(model)
+    device = next(model.parameters()).device
+    rows = []
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in batches:
+            batch = {k: v.to(device) for k, v in batch.items()}
+            head_gates, neuron_gates = unit_gates(arch, batch_size(batch), device)
+            with gated(model, head_gates, neuron_gates):
+                total = loss(model, batch)  # summed over the batch's examples
+            gates = [*head_gates, *neuron_gates]
+            grads = torch.autograd.grad(total, gates, allow_unused=True)
+            filled = [
+                g if g is not None else torch.zeros_like(t)
+                for g, t in zip(grads, gates, strict=True)
+            ]
+            rows.append(torch.cat(filled, dim=1).detach().cpu())  # (batch, units)
+    finally:
+        model.train(was_training)
+    if not rows:
+        raise ValueError("gate gradients need data: no batch was given")
+    return torch.cat(rows)  # (examples, units)
+
+
 class _GateGradient(Criterion):
     """Shared loop of the gradient criteria: per-example gate gradients, per-batch weight ones."""
 
@@ -148,12 +191,7 @@ class _GateGradient(Criterion):
             for batch in progress(batches, f"importance ({self.name})"):
                 batch = {k: v.to(device) for k, v in batch.items()}
                 size = batch_size(batch)
-                head_gates = [
-                    torch.ones(size, n, device=device, requires_grad=True) for n in arch.heads
-                ]
-                neuron_gates = [
-                    torch.ones(size, n, device=device, requires_grad=True) for n in arch.ffn
-                ]
+                head_gates, neuron_gates = unit_gates(arch, size, device)
                 with gated(model, head_gates, neuron_gates):
                     total = loss(model, batch)  # summed over the batch's examples
                 inputs = [*head_gates, *neuron_gates, *params]

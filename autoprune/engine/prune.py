@@ -299,6 +299,23 @@ def _choose_heads(
     return keep_heads, keep_kv
 
 
+def kept_units(
+    config: PruneConfig, scores: Scores, arch: Architecture
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Per layer, the query heads, key/value groups and neurons that :func:`prune` keeps for
+    ``config`` (each in increasing index order), whether or not the layer itself is kept."""
+    kv_heads = config.key_value_heads(arch)
+    return [
+        (
+            *_choose_heads(
+                scores.heads[index], arch.group_size(index), config.heads[index], kv_heads[index]
+            ),
+            _top(scores.neurons[index], config.ffn[index]),
+        )
+        for index in range(arch.num_layers)
+    ]
+
+
 def prune(model: PreTrainedModel, config: PruneConfig, scores: Scores) -> PreTrainedModel:
     """A pruned copy of ``model``; ``model`` itself is untouched.
 
@@ -324,16 +341,13 @@ def prune(model: PreTrainedModel, config: PruneConfig, scores: Scores) -> PreTra
     arch = describe(model)
     config.validate(arch)
     scores.check(arch)
-    kv_heads = config.key_value_heads(arch)
+    kept = kept_units(config, scores, arch)
     pruned = copy.deepcopy(model)
     groups = family.groups(pruned)
     for index, layer in enumerate(family.layers(pruned)):
         if not config.kept_layers()[index]:
             continue
-        keep_heads, keep_kv = _choose_heads(
-            scores.heads[index], arch.group_size(index), config.heads[index], kv_heads[index]
-        )
-        keep_neurons = _top(scores.neurons[index], config.ffn[index])
+        keep_heads, keep_kv, keep_neurons = kept[index]
         plan = family.slice_layer(layer, groups, keep_heads, keep_kv, keep_neurons)
         if config.sparsity[index] == 0.0:
             continue

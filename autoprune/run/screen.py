@@ -12,6 +12,14 @@ candidate. Every fitness is oriented the same way: **lower is better**.
   example's real tokens, divided by the dense hidden state's sum of squares there; the mean
   over examples. 0 for the dense model.
 - ``loss``: the task's training loss, the mean over examples.
+- ``fisher``: Kwon et al. 2022's estimate of the loss increase from removing the candidate's
+  heads and neurons, ``1/2 * mean_n (g_n . r)^2``: ``g_n`` is example ``n``'s gradient of its
+  own loss with respect to the gate of every head and neuron of the dense model
+  (:func:`autoprune.engine.importance.gate_gradients`, computed once per range of examples),
+  ``r`` is 1 for each unit the candidate removes. The empirical Fisher information of the
+  gates, interactions within and between layers included; no forward pass per candidate.
+  Heads and neurons only: a candidate with sparsity or dropped layers is refused. 0 for the
+  dense model.
 - ``metric``: the task's metric on the search split, negated where higher is better
   (``-accuracy``), plus :data:`TIE_BREAK` times the task loss on the same examples, so that
   candidates the metric cannot tell apart (a Matthews correlation of 0 for every pruned
@@ -24,10 +32,10 @@ small calibration slice, the best few on a larger fresh slice, and so on. It ask
 :class:`BatchScreener` for each step's outcomes, a list of candidates at a time: a
 :class:`Screener` in this process, or a backend's workers.
 
-The ``kl``, ``hidden`` and ``loss`` kinds read the pool split (what retraining and importance
-read, never the search or test split); ``metric`` reads the search split. Recovery is fitted on
-the first ``recovery_examples`` of the pool, which are then never scored, so the refit cannot
-flatter the fitness by fitting the examples it is measured on.
+The ``kl``, ``hidden``, ``loss`` and ``fisher`` kinds read the pool split (what retraining
+and importance read, never the search or test split); ``metric`` reads the search split.
+Recovery is fitted on the first ``recovery_examples`` of the pool, which are then never
+scored, so the refit cannot flatter the fitness by fitting the examples it is measured on.
 """
 
 from __future__ import annotations
@@ -42,8 +50,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
+from autoprune.engine.arch import describe
+from autoprune.engine.importance import gate_gradients
 from autoprune.engine.measure import measure
-from autoprune.engine.prune import PruneConfig, prune
+from autoprune.engine.prune import PruneConfig, kept_units, prune
 from autoprune.engine.recovery import Calibration, recover
 from autoprune.run.prepare import Prepared
 from autoprune.run.trial import SIZE_UNITS, Stage, flat_attrs
@@ -143,13 +153,13 @@ class Screener:
         prepared: The study's prepared work (task, dense model, data, importance scores).
         fitness: What a candidate is scored by (see the module's docstring).
         recovery_examples: Pool examples that recovery is fitted on; 0 scores candidates as
-            pruned. Those examples are left out of the ``kl``, ``hidden`` and ``loss`` split.
+            pruned. Those examples are left out of the pool split the other fitnesses read.
         batch_size: Examples per forward pass.
         device: Where candidates are scored (the dense model is copied there if it is not).
 
     Raises:
         ValueError: If ``fitness`` is unknown, or ``recovery_examples`` or ``batch_size`` is
-            out of range.
+            out of range, or recovery is asked of ``fisher``.
     """
 
     def __init__(
@@ -164,6 +174,10 @@ class Screener:
         self.data: Encoded = screening_split(prepared, fitness, recovery_examples)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if fitness == "fisher" and recovery_examples:
+            raise ValueError(
+                "recovery_examples must be 0 with fitness 'fisher', which reads no pruned model"
+            )
         self.prepared = prepared
         self.fitness: Fitness = fitness
         self.batch_size = batch_size
@@ -177,6 +191,7 @@ class Screener:
             fitting = prepared.data.pool.subset(slice(0, recovery_examples)).batches(batch_size)
             self.calibration = Calibration.record(self.dense, [model_inputs(b) for b in fitting])
         self._dense_outputs: dict[tuple[int, int], list[torch.Tensor]] = {}
+        self._gate_gradients: dict[tuple[int, int], torch.Tensor] = {}
 
     @classmethod
     def of_study(
@@ -208,16 +223,24 @@ class Screener:
             recover(model, self.calibration, kept=config.kept_layers())
         return model
 
-    def score(self, model: PreTrainedModel, examples: slice) -> float:
-        """The fitness of ``model`` on the screening split's ``examples``; lower is better.
+    def score(
+        self, model: PreTrainedModel, examples: slice, config: PruneConfig | None = None
+    ) -> float:
+        """The fitness of ``model``, pruned to ``config``, on the screening split's
+        ``examples``; lower is better. ``fisher`` reads ``config`` only, the others ``model``.
 
         Raises:
-            ValueError: If ``examples`` selects no example.
+            ValueError: If ``examples`` selects no example, or the fitness is ``fisher`` and
+                ``config`` is missing or has sparsity or dropped layers.
         """
         start, stop, _ = examples.indices(self.examples)
         if stop <= start:
             raise ValueError(f"examples: {examples} selects none of {self.examples} examples")
         part = self.data.subset(slice(start, stop))
+        if self.fitness == "fisher":
+            if config is None:
+                raise ValueError("fitness 'fisher' scores a PruneConfig: pass config=")
+            return self._fisher(config, part, (start, stop))
         scorers = {
             "kl": self._kl,
             "hidden": self._hidden,
@@ -262,6 +285,33 @@ class Screener:
         total = sum(float(task.loss(model, b, reduction="sum")) for b in self._batches(part))
         return total / len(part)
 
+    def _fisher(self, config: PruneConfig, part: Encoded, key: tuple[int, int]) -> float:
+        if any(config.sparsity) or not all(config.kept_layers()):
+            raise ValueError(
+                "fitness 'fisher' estimates the loss increase of removing heads and neurons; "
+                f"this candidate also sets sparsity or drops layers ({config.to_json()}): "
+                "use kl, hidden, loss or metric"
+            )
+        if key not in self._gate_gradients:
+            task = self.prepared.task
+            self._gate_gradients[key] = gate_gradients(
+                self.dense, self._batches(part), lambda m, b: task.loss(m, b, reduction="sum")
+            )
+        gradients = self._gate_gradients[key]  # (examples, units)
+        return 0.5 * float((gradients @ self.removed(config)).pow(2).mean())
+
+    def removed(self, config: PruneConfig) -> torch.Tensor:
+        """1.0 for each query head and neuron that ``config`` removes, else 0, ``(units,)``
+        in :func:`~autoprune.engine.importance.gate_gradients`' order."""
+        arch = describe(self.dense)
+        kept = kept_units(config, self.prepared.scores, arch)
+        heads = [torch.ones(n) for n in arch.heads]
+        neurons = [torch.ones(n) for n in arch.ffn]
+        for (keep_heads, _, keep_neurons), head, neuron in zip(kept, heads, neurons, strict=True):
+            head[keep_heads] = 0.0
+            neuron[keep_neurons] = 0.0
+        return torch.cat([*heads, *neurons])  # (units,)
+
     def _metric(self, model: PreTrainedModel, part: Encoded, key: tuple[int, int]) -> float:
         task = self.prepared.task
         loss = self._loss(model, part, key)
@@ -282,7 +332,7 @@ def screen_candidate(
     started = time.perf_counter()
     model = screener.candidate(config)
     built = time.perf_counter()
-    fitness = screener.score(model, examples)
+    fitness = screener.score(model, examples, config)
     scored = time.perf_counter()
     dense = screener.prepared.dense.size
     size = measure(model, dense.seq_len)

@@ -27,7 +27,7 @@ from autoprune.tasks.data import DataSpec
 BackendName = Literal["local", "ray"]
 CLASSIFIER_DATA = ("label", "labels", "metric", "seed", "search_min_words")
 """The ``data:`` keys only a classification task reads."""
-Fitness = Literal["kl", "hidden", "loss", "metric"]
+Fitness = Literal["kl", "hidden", "loss", "fisher", "metric"]
 """What a screened candidate is scored by; lower is better for every kind
 (:mod:`autoprune.run.screen` says how each is measured)."""
 Choice = Literal["best", "significant"]
@@ -112,7 +112,8 @@ class ScreeningSpec(Section):
 
     fitness: Fitness = Field(
         default="metric",
-        description="kl, hidden, loss or metric (the search-split metric before retraining); "
+        description="kl, hidden, loss, fisher (heads and neurons only) or metric (the "
+        "search-split metric before retraining); "
         "in benchmarks/fidelity.py kl with recovery_examples ranked MiniLM allocations best, "
         "metric next, and a search with kl and recovery did not beat metric in a pilot",
     )

@@ -77,7 +77,20 @@ class TargetedSearch:
     ``executor``."""
 
     def __init__(self, session: Session, executor: Executor) -> None:
+        """Raises:
+        StudyError: If ``screening.fitness`` is ``fisher`` and the space searches sparsity or
+            layers, which that fitness cannot score.
+        """
         spec = session.spec
+        space = session.space.spec
+        if spec.screening.fitness == "fisher" and (
+            space.sparsity is not None or space.layers is not None
+        ):
+            raise StudyError(
+                "screening.fitness: fisher estimates the loss increase of removing heads and "
+                "neurons, and this study's search space also searches sparsity or layers; "
+                "use kl, hidden, loss or metric"
+            )
         self.session = session
         self.spec = spec
         self.executor = executor
