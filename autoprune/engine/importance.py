@@ -133,6 +133,13 @@ def unit_gates(
     return heads, neurons
 
 
+def _gradients(total: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The gradient of ``total`` with respect to each of ``inputs``; zeros for an input it
+    does not depend on (a layer whose output the loss never reads)."""
+    raw = torch.autograd.grad(total, inputs, allow_unused=True)
+    return [g if g is not None else torch.zeros_like(t) for g, t in zip(raw, inputs, strict=True)]
+
+
 def gate_gradients(model: PreTrainedModel, batches: Iterable[Batch], loss: Loss) -> torch.Tensor:
     """Per example of ``batches``, the gradient of its own loss with respect to the gate of
     every query head and every neuron at 1 (the model as it is), ``(examples, units)``: the
@@ -152,13 +159,8 @@ def gate_gradients(model: PreTrainedModel, batches: Iterable[Batch], loss: Loss)
             head_gates, neuron_gates = unit_gates(arch, batch_size(batch), device)
             with gated(model, head_gates, neuron_gates):
                 total = loss(model, batch)  # summed over the batch's examples
-            gates = [*head_gates, *neuron_gates]
-            grads = torch.autograd.grad(total, gates, allow_unused=True)
-            filled = [
-                g if g is not None else torch.zeros_like(t)
-                for g, t in zip(grads, gates, strict=True)
-            ]
-            rows.append(torch.cat(filled, dim=1).detach().cpu())  # (batch, units)
+            grads = _gradients(total, [*head_gates, *neuron_gates])
+            rows.append(torch.cat(grads, dim=1).detach().cpu())  # (batch, units)
     finally:
         model.train(was_training)
     if not rows:
@@ -194,12 +196,7 @@ class _GateGradient(Criterion):
                 head_gates, neuron_gates = unit_gates(arch, size, device)
                 with gated(model, head_gates, neuron_gates):
                     total = loss(model, batch)  # summed over the batch's examples
-                inputs = [*head_gates, *neuron_gates, *params]
-                raw = torch.autograd.grad(total, inputs, allow_unused=True)
-                grads = [
-                    g if g is not None else torch.zeros_like(t)
-                    for g, t in zip(raw, inputs, strict=True)
-                ]
+                grads = _gradients(total, [*head_gates, *neuron_gates, *params])
                 n_layers = arch.num_layers
                 for i in range(n_layers):
                     heads[i] += self.reduce(grads[i]).sum(dim=0).cpu()  # (heads,)
