@@ -77,9 +77,11 @@ class TargetedSearch:
     ``executor``."""
 
     def __init__(self, session: Session, executor: Executor) -> None:
-        """Raises:
-        StudyError: If ``screening.fitness`` is ``fisher`` and the space searches sparsity or
-            layers, which that fitness cannot score.
+        """Ready to run the session's study on ``executor``.
+
+        Raises:
+            StudyError: If ``screening.fitness`` is ``fisher`` and the space searches
+                sparsity or layers, which that fitness cannot score.
         """
         spec = session.spec
         space = session.space.spec
