@@ -114,8 +114,8 @@ class ScreeningSpec(Section):
         default="metric",
         description="kl, hidden, loss, fisher (heads and neurons only) or metric (the "
         "search-split metric before retraining); "
-        "in benchmarks/fidelity.py kl with recovery_examples ranked MiniLM allocations best, "
-        "metric next, and a search with kl and recovery did not beat metric in a pilot",
+        "in benchmarks/fidelity.py fisher ranked MiniLM allocations best, kl with "
+        "recovery_examples next, then metric; pilot searches with either did not beat metric",
     )
     candidates: int = Field(default=200, ge=1, description="candidates screened per target")
     offspring: int = Field(default=16, ge=1, description="candidates per generation")
